@@ -1,0 +1,23 @@
+//! Interposed `fork`: the child starts with no hook active.
+//!
+//! Between `fork` and `exec` the child runs only the forking thread, and every lock another
+//! thread held stays held forever; it must never reach a scheduler. The interposed `fork`
+//! empties the dispatch slot in the child and marks the process as a forked child, so every
+//! hook there goes straight to libc. (`posix_spawn`'s child runs inside glibc, whose internal
+//! calls are never interposed.)
+
+use crate::real;
+
+/// Interposed `fork(2)`.
+///
+/// # Safety
+/// libc's contract for `fork`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fork() -> libc::pid_t {
+    // SAFETY: forwarded unchanged.
+    let pid = unsafe { real::fork() };
+    if pid == 0 {
+        crate::dispatch::mark_forked_child();
+    }
+    pid
+}

@@ -1,0 +1,92 @@
+//! The real libc functions behind every interposed symbol.
+//!
+//! Each is resolved with `dlsym(RTLD_NEXT, name)` by [`init`], which runs from `.init_array`
+//! while the process is still single-threaded, before `main` and before any hook can be reached.
+//! `dlsym` may allocate and take the loader lock, which is why it must never run inside a hook
+//! (a hook can be reached from a forked child or a signal handler). Should anything call an
+//! interposed symbol earlier than the constructor (another library's constructor), the accessor
+//! resolves that one symbol on the spot; that can only happen during start-up, single-threaded.
+
+use std::ffi::{CStr, c_void};
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+macro_rules! real_functions {
+    ($( $(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty; )*) => {
+        /// Resolved addresses, one per function; null until resolved.
+        #[allow(non_upper_case_globals)]
+        mod slots {
+            use super::*;
+            $( pub(super) static $name: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut()); )*
+        }
+
+        /// Resolves every real function. Runs from `.init_array`; idempotent.
+        pub(crate) extern "C" fn init() {
+            $( resolve(&slots::$name, concat!(stringify!($name), "\0")); )*
+        }
+
+        $(
+            $(#[$doc])*
+            ///
+            /// # Safety
+            /// The same contract as the libc function of that name.
+            #[inline]
+            #[allow(non_upper_case_globals, clippy::missing_safety_doc)]
+            pub unsafe fn $name($($arg: $ty),*) -> $ret {
+                let mut ptr = slots::$name.load(Ordering::Relaxed);
+                if ptr.is_null() {
+                    ptr = resolve(&slots::$name, concat!(stringify!($name), "\0"));
+                }
+                // SAFETY: `ptr` is libc's definition of this symbol, whose C prototype is the one
+                // spelled out in this table.
+                let real: unsafe extern "C" fn($($ty),*) -> $ret = unsafe { std::mem::transmute(ptr) };
+                // SAFETY: the caller upholds the libc function's contract.
+                unsafe { real($($arg),*) }
+            }
+        )*
+    };
+}
+
+real_functions! {
+    /// libc's `nanosleep`.
+    fn nanosleep(req: *const libc::timespec, rem: *mut libc::timespec) -> libc::c_int;
+    /// libc's `clock_nanosleep`.
+    fn clock_nanosleep(
+        clock: libc::clockid_t,
+        flags: libc::c_int,
+        req: *const libc::timespec,
+        rem: *mut libc::timespec,
+    ) -> libc::c_int;
+    /// libc's `usleep`.
+    fn usleep(usec: libc::useconds_t) -> libc::c_int;
+    /// libc's `sleep`.
+    fn sleep(secs: libc::c_uint) -> libc::c_uint;
+    /// libc's `fork`.
+    fn fork() -> libc::pid_t;
+    /// libc's `write`, for messages that must bypass every hook (signal handlers).
+    fn write(fd: libc::c_int, buf: *const c_void, len: libc::size_t) -> libc::ssize_t;
+}
+
+fn resolve(slot: &AtomicPtr<c_void>, name: &'static str) -> *mut c_void {
+    let cname =
+        CStr::from_bytes_with_nul(name.as_bytes()).expect("symbol names are NUL-terminated");
+    // SAFETY: `cname` is a valid NUL-terminated string; RTLD_NEXT asks for the next definition
+    // after this object's, which is libc's.
+    let ptr = unsafe { libc::dlsym(libc::RTLD_NEXT, cname.as_ptr()) };
+    if ptr.is_null() {
+        // No libc definition means nothing can be forwarded: a broken process, not an error a
+        // caller could handle. Say which symbol, without allocating.
+        let msg =
+            b"fibra-shim: dlsym(RTLD_NEXT) found no libc definition for an interposed symbol\n";
+        // SAFETY: raw write(2) of a static buffer to stderr; then abort.
+        unsafe {
+            libc::syscall(libc::SYS_write, 2, msg.as_ptr(), msg.len());
+            libc::abort();
+        }
+    }
+    slot.store(ptr, Ordering::Relaxed);
+    ptr
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static INIT_ARRAY_ENTRY: extern "C" fn() = init;

@@ -1,0 +1,403 @@
+//! The per-thread scheduler: fiber table, run queue, park and wake, and the event loop.
+//!
+//! One `Scheduler` exists per thread inside `fibra::run`, reachable through a thread-local
+//! pointer. Everything here runs on that one thread; interior mutability is `Cell`/`RefCell`,
+//! and no `RefCell` borrow is ever held across a fiber switch.
+//!
+//! The loop: resume runnable fibers in FIFO order; every [`EVENT_INTERVAL`] resumptions, and
+//! whenever nothing is runnable, poll the reactor (without blocking if fibers are runnable) and
+//! fire due timers. Polling only every few dozen switches keeps a yield between two fibers free
+//! of system calls while still letting I/O in under load.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::io;
+use std::ptr::NonNull;
+use std::time::Duration;
+
+use corosensei::{CoroutineResult, Yielder};
+use fibra_shim::{Deadline, Errno, Hook, WaitClock};
+
+use crate::fiber::{Fiber, FiberCoroutine, FiberId, State, WaitReason, Wake, WakeToken};
+use crate::reactor::{Reactor, TIMER_TOKEN};
+use crate::stack::StackPool;
+use crate::timer::Timers;
+
+/// Resumptions between two looks at the reactor while fibers are runnable.
+const EVENT_INTERVAL: u32 = 61;
+
+thread_local! {
+    static CURRENT: Cell<*const Scheduler> = const { Cell::new(std::ptr::null()) };
+}
+
+static NEXT_FIBER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+pub(crate) struct Scheduler {
+    fibers: RefCell<Vec<Option<Box<Fiber>>>>,
+    free_slots: RefCell<Vec<u32>>,
+    run_queue: RefCell<VecDeque<NonNull<Fiber>>>,
+    current: Cell<Option<NonNull<Fiber>>>,
+    live: Cell<usize>,
+    next_park: Cell<u64>,
+    pub(crate) stacks: RefCell<StackPool>,
+    timers: RefCell<Timers>,
+    reactor: RefCell<Reactor>,
+    _waker: mio::Waker,
+}
+
+impl Scheduler {
+    pub fn new() -> io::Result<Scheduler> {
+        let timers = Timers::new()?;
+        let (reactor, waker) = Reactor::new(timers.fd())?;
+        Ok(Scheduler {
+            fibers: RefCell::new(Vec::new()),
+            free_slots: RefCell::new(Vec::new()),
+            run_queue: RefCell::new(VecDeque::new()),
+            current: Cell::new(None),
+            live: Cell::new(0),
+            next_park: Cell::new(1),
+            stacks: RefCell::new(StackPool::new()),
+            timers: RefCell::new(timers),
+            reactor: RefCell::new(reactor),
+            _waker: waker,
+        })
+    }
+
+    /// The scheduler of the calling thread, if it is inside `fibra::run`.
+    #[inline]
+    pub fn current() -> Option<&'static Scheduler> {
+        let ptr = CURRENT.get();
+        // SAFETY: the pointer is set by `Installed` for exactly as long as the boxed scheduler
+        // lives, and only ever read on this thread.
+        unsafe { ptr.as_ref() }
+    }
+
+    /// The scheduler of the calling thread; panics with `what` named when there is none.
+    #[track_caller]
+    pub fn expect(what: &str) -> &'static Scheduler {
+        match Scheduler::current() {
+            Some(s) => s,
+            None => panic!(
+                "{what} called outside fibra::run; start the scheduler with fibra::run(|| ...) first"
+            ),
+        }
+    }
+
+    /// Makes `sched` the thread's scheduler until the returned guard drops.
+    pub fn install(sched: &Scheduler) -> Installed {
+        assert!(
+            CURRENT.get().is_null(),
+            "a scheduler is already installed on this thread"
+        );
+        CURRENT.set(sched);
+        Installed
+    }
+
+    pub fn hook_ptr(&self) -> fibra_shim::Active {
+        let hook: &(dyn Hook + 'static) = self.as_static();
+        NonNull::from(hook)
+    }
+
+    fn as_static(&self) -> &'static Scheduler {
+        // SAFETY: the scheduler outlives every fiber and every activation of its hook: `run`
+        // drops it only after the loop ends, when no fiber runs any more.
+        unsafe { &*(self as *const Scheduler) }
+    }
+
+    /// The fiber running now, if any.
+    #[inline]
+    pub fn current_fiber(&self) -> Option<&Fiber> {
+        // SAFETY: `current` points into a boxed fiber that stays in the table while it runs.
+        self.current.get().map(|f| unsafe { f.as_ref() })
+    }
+
+    #[track_caller]
+    fn running(&self) -> &Fiber {
+        self.current_fiber()
+            .expect("fibra: this operation must run inside a fiber")
+    }
+
+    /// Adds a fiber running `body` on a fresh stack and makes it runnable.
+    ///
+    /// # Safety
+    /// Everything `body` borrows must stay valid until the fiber has finished or been discarded;
+    /// `'static` bodies satisfy this trivially.
+    pub unsafe fn spawn_raw<F>(
+        &self,
+        name: Option<String>,
+        stack_size: usize,
+        body: F,
+    ) -> io::Result<FiberId>
+    where
+        F: FnOnce(),
+    {
+        let stack = self.stacks.borrow_mut().allocate(stack_size)?;
+        let guard = stack.guard_range();
+        let size = stack.size();
+        let id = FiberId(NEXT_FIBER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let sched: &'static Scheduler = self.as_static();
+        let entry = move |yielder: &Yielder<(), ()>, ()| {
+            let fiber = sched.running();
+            fiber.yielder.set(yielder);
+            // SAFETY: the hook is the scheduler, valid for as long as this fiber runs on it.
+            unsafe { fibra_shim::set_active(Some(sched.hook_ptr())) };
+            body();
+            // SAFETY: clearing the slot has no preconditions.
+            unsafe { fibra_shim::set_active(None) };
+        };
+        // SAFETY: the caller keeps what `body` borrows alive for the fiber's life; the scheduler
+        // the entry refers to outlives it.
+        let coroutine: FiberCoroutine =
+            unsafe { FiberCoroutine::with_stack_unchecked(stack, entry) };
+        let span = match &name {
+            Some(name) => tracing::info_span!("fiber", id = id.0, name = name.as_str()),
+            None => tracing::info_span!("fiber", id = id.0),
+        };
+        let slot = self.free_slots.borrow_mut().pop();
+        let slot = match slot {
+            Some(slot) => slot,
+            None => {
+                let mut fibers = self.fibers.borrow_mut();
+                fibers.push(None);
+                (fibers.len() - 1) as u32
+            }
+        };
+        let fiber = Box::new(Fiber {
+            id,
+            name,
+            slot,
+            coroutine: std::cell::UnsafeCell::new(Some(coroutine)),
+            yielder: Cell::new(std::ptr::null()),
+            state: Cell::new(State::Runnable),
+            park: Cell::new(0),
+            wake: Cell::new(Wake::Ready),
+            wait: Cell::new(WaitReason::None),
+            span,
+            guard,
+            stack_size: size,
+        });
+        let ptr = NonNull::from(&*fiber);
+        self.fibers.borrow_mut()[slot as usize] = Some(fiber);
+        self.live.set(self.live.get() + 1);
+        self.run_queue.borrow_mut().push_back(ptr);
+        tracing::trace!(fiber = id.0, "spawned");
+        Ok(id)
+    }
+
+    /// Starts a new park of the running fiber and returns the token that ends it.
+    pub fn prepare_park(&self) -> WakeToken {
+        let fiber = self.running();
+        let park = self.next_park.get();
+        self.next_park.set(park + 1);
+        fiber.park.set(park);
+        WakeToken {
+            slot: fiber.slot,
+            park,
+        }
+    }
+
+    /// Suspends the running fiber until its current park's token is used.
+    pub fn park(&self, reason: WaitReason) -> Wake {
+        let fiber = self.running();
+        debug_assert_ne!(fiber.park.get(), 0, "park without prepare_park");
+        fiber.state.set(State::Parked);
+        fiber.wait.set(reason);
+        tracing::trace!(fiber = fiber.id.0, wait = %reason, "park");
+        self.switch_out(fiber);
+        fiber.wait.set(WaitReason::None);
+        fiber.wake.get()
+    }
+
+    /// Wakes the fiber named by `token` if it is still in that park. Returns whether it did.
+    pub fn unpark(&self, token: WakeToken, wake: Wake) -> bool {
+        let ptr = {
+            let fibers = self.fibers.borrow();
+            match fibers.get(token.slot as usize) {
+                Some(Some(fiber))
+                    if fiber.park.get() == token.park && fiber.state.get() == State::Parked =>
+                {
+                    fiber.park.set(0);
+                    fiber.state.set(State::Runnable);
+                    fiber.wake.set(wake);
+                    NonNull::from(&**fiber)
+                }
+                _ => return false,
+            }
+        };
+        self.run_queue.borrow_mut().push_back(ptr);
+        true
+    }
+
+    /// Puts the running fiber at the back of the run queue and runs the others.
+    pub fn yield_now(&self) {
+        let fiber = self.running();
+        fiber.state.set(State::Runnable);
+        self.run_queue.borrow_mut().push_back(NonNull::from(fiber));
+        self.switch_out(fiber);
+    }
+
+    /// Parks the running fiber until `deadline`; `Err` if woken early.
+    pub fn sleep_until(&self, deadline: Deadline) -> Result<(), Errno> {
+        if deadline <= Deadline::now() {
+            // libc would make a (cheap) system call; a fiber gives the others a turn.
+            self.yield_now();
+            return Ok(());
+        }
+        let token = self.prepare_park();
+        let key = self.timers.borrow_mut().insert(deadline, token);
+        match self.park(WaitReason::Sleep) {
+            Wake::Timer => Ok(()),
+            Wake::Ready => {
+                self.timers.borrow_mut().remove(key);
+                Err(Errno::EINTR)
+            }
+        }
+    }
+
+    /// Switches from the running fiber to the scheduler loop; returns when it is resumed.
+    fn switch_out(&self, fiber: &Fiber) {
+        let saved_errno = fibra_shim::errno();
+        let yielder = fiber.yielder.get();
+        // SAFETY: the yielder was set on the fiber's first entry and lives on its stack, which
+        // is the stack we are running on.
+        unsafe { (*yielder).suspend(()) };
+        fibra_shim::set_errno(saved_errno);
+    }
+
+    /// Drives every fiber to completion.
+    pub fn run_loop(&self) {
+        loop {
+            let mut budget = EVENT_INTERVAL;
+            while budget > 0 {
+                let next = self.run_queue.borrow_mut().pop_front();
+                let Some(fiber) = next else { break };
+                self.resume(fiber);
+                budget -= 1;
+            }
+            if self.live.get() == 0 {
+                return;
+            }
+            let idle = self.run_queue.borrow().is_empty();
+            if idle && self.timers.borrow().is_empty() {
+                self.report_deadlock();
+            }
+            if let Err(e) = self.poll_events(idle) {
+                panic!("fibra: the event loop failed: {e}");
+            }
+        }
+    }
+
+    fn resume(&self, ptr: NonNull<Fiber>) {
+        // SAFETY: fibers in the run queue are alive: a fiber leaves the table only after it
+        // finished, and a finished fiber is never queued.
+        let fiber = unsafe { ptr.as_ref() };
+        fiber.state.set(State::Running);
+        self.current.set(Some(ptr));
+        fiber
+            .span
+            .with_subscriber(|(id, dispatch)| dispatch.enter(id));
+        // SAFETY: only the scheduler loop touches the coroutine, and not re-entrantly: a fiber
+        // cannot resume another.
+        let coroutine = unsafe { &mut *fiber.coroutine.get() }
+            .as_mut()
+            .expect("queued fibers have a coroutine");
+        let result = coroutine.resume(());
+        fiber
+            .span
+            .with_subscriber(|(id, dispatch)| dispatch.exit(id));
+        self.current.set(None);
+        if let CoroutineResult::Return(()) = result {
+            self.finish(fiber);
+        }
+    }
+
+    fn finish(&self, fiber: &Fiber) {
+        tracing::trace!(fiber = fiber.id.0, "finished");
+        let slot = fiber.slot;
+        // SAFETY: the coroutine has returned; nothing else refers to it.
+        let coroutine = unsafe { &mut *fiber.coroutine.get() }
+            .take()
+            .expect("finished once");
+        self.stacks.borrow_mut().release(coroutine.into_stack());
+        let boxed = self.fibers.borrow_mut()[slot as usize].take();
+        self.free_slots.borrow_mut().push(slot);
+        self.live.set(self.live.get() - 1);
+        drop(boxed);
+    }
+
+    fn poll_events(&self, block: bool) -> io::Result<()> {
+        let mut timeout = Some(Duration::ZERO);
+        if block {
+            self.timers.borrow_mut().arm()?;
+            timeout = None;
+        }
+        let mut timer_ready = false;
+        self.reactor.borrow_mut().poll(timeout, |token| {
+            if token == TIMER_TOKEN {
+                timer_ready = true;
+            }
+        })?;
+        let mut timers = self.timers.borrow_mut();
+        if timer_ready {
+            timers.acknowledge();
+        }
+        if !timers.is_empty() {
+            let mut due = Vec::new();
+            timers.expire(Deadline::now(), |token| due.push(token));
+            drop(timers);
+            for token in due {
+                self.unpark(token, Wake::Timer);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every fiber is parked and nothing (timer, I/O, other thread) can ever wake one.
+    fn report_deadlock(&self) -> ! {
+        let mut msg = String::from(
+            "fibra: deadlock: every fiber on this thread is blocked and nothing can wake any of them:",
+        );
+        for fiber in self.fibers.borrow().iter().flatten() {
+            let _ = write!(
+                msg,
+                "\n  fiber {} '{}' is {}",
+                fiber.id,
+                fiber.display_name(),
+                fiber.wait.get()
+            );
+        }
+        panic!("{msg}");
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // Fibers that never finished (the loop was torn down by a panic) may be parked inside an
+        // interposed libc call; unwinding their stacks would unwind through `extern "C"` frames.
+        // Leak them, and with them their stacks (the pool then keeps its chunks mapped).
+        for fiber in self.fibers.get_mut().drain(..).flatten() {
+            let fiber = *fiber;
+            if let Some(coroutine) = fiber.coroutine.into_inner() {
+                std::mem::forget(coroutine);
+            }
+        }
+    }
+}
+
+/// Uninstalls the thread's scheduler when dropped.
+pub(crate) struct Installed;
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        CURRENT.set(std::ptr::null());
+    }
+}
+
+// SAFETY: every method is called from the shim on the scheduler's own thread, inside a fiber,
+// with the dispatch slot emptied; none unwinds (they return errors instead).
+unsafe impl Hook for Scheduler {
+    fn sleep_until(&self, deadline: Deadline, _clock: WaitClock) -> Result<(), Errno> {
+        Scheduler::sleep_until(self, deadline)
+    }
+}
