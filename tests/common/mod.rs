@@ -1,8 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Aborts the whole test process if the guard is still alive after `limit`, so that a hang fails
@@ -55,4 +55,15 @@ pub fn run_child(test_name: &str) -> std::process::Output {
 /// Whether this process is the child started by [`run_child`].
 pub fn is_child() -> bool {
     std::env::var_os("FIBRA_CHILD").is_some()
+}
+
+/// The text of a panic payload (`&str` or `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "<non-string panic payload>".to_string()
+    }
 }
