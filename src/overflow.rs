@@ -62,9 +62,9 @@ extern "C" fn on_fault(
     // SAFETY: the previous action was stored by `install_handler` before this handler ran.
     let previous = unsafe {
         if signum == libc::SIGBUS {
-            (*(&raw const PREVIOUS_BUS)).assume_init()
+            std::ptr::read(&raw const PREVIOUS_BUS).assume_init()
         } else {
-            (*(&raw const PREVIOUS_SEGV)).assume_init()
+            std::ptr::read(&raw const PREVIOUS_SEGV).assume_init()
         }
     };
     match previous.sa_sigaction {
