@@ -116,9 +116,47 @@ fn cheap_fibers() {
     );
 }
 
+/// Per-request state under interleaving (the seed talk's point): a `thread_local!` is one value
+/// for every fiber of the thread, so a request that blocks wakes up to whichever request stored
+/// its id last; a `fibra::FiberLocal` is each fiber's own, and its children inherit it.
+fn request_context() {
+    section("per-request state: thread_local! next to fibra::FiberLocal");
+    thread_local! {
+        static THREAD_REQUEST_ID: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    static FIBER_REQUEST_ID: fibra::FiberLocal<u64> = fibra::FiberLocal::new();
+    let n = 1000u64;
+    let (thread_wrong, fiber_wrong) = fibra::run(|| {
+        let handles: Vec<_> = (1..=n)
+            .map(|id| {
+                fibra::spawn(move || {
+                    THREAD_REQUEST_ID.set(id);
+                    FIBER_REQUEST_ID.set(id);
+                    // Any blocking call lets the other requests run.
+                    std::thread::sleep(Duration::from_millis(id % 7));
+                    let in_child = fibra::spawn(|| FIBER_REQUEST_ID.get()).join().unwrap();
+                    let thread_wrong = THREAD_REQUEST_ID.get() != id;
+                    let fiber_wrong = FIBER_REQUEST_ID.get() != Some(id) || in_child != Some(id);
+                    (thread_wrong as u64, fiber_wrong as u64)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .fold((0, 0), |(t, f), (dt, df)| (t + dt, f + df))
+    });
+    println!("{n} interleaved requests each store their id, block, then read it back:");
+    println!("thread_local!:      {thread_wrong:>4} read another request's id");
+    println!(
+        "fibra::FiberLocal:  {fiber_wrong:>4} did (and each request's child fiber saw its id)"
+    );
+}
+
 fn main() {
     println!("fibra tour: plain blocking Rust, made concurrent");
     ten_thousand_sleepers();
     precise_timers();
     cheap_fibers();
+    request_context();
 }

@@ -98,7 +98,13 @@ pub(crate) struct Fiber {
     pub park: Cell<u64>,
     pub wake: Cell<Wake>,
     pub wait: Cell<WaitReason>,
+    /// Entered while the fiber runs: its `fiber{id, name}` span, or the spawner's current span
+    /// where a filter disables `fiber` spans (see `trace_context::fiber_span`).
     pub span: tracing::Span,
+    /// The spans the fiber had entered when it last switched out (see `trace_context`).
+    pub parked_spans: crate::trace_context::ParkedSpans,
+    /// The fiber's `FiberLocal` values (see `local`).
+    pub locals: crate::local::LocalStorage,
     /// Guard page range and usable size, read by the overflow handler.
     pub guard: (usize, usize),
     pub stack_size: usize,

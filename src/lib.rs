@@ -32,11 +32,13 @@
 mod builder;
 mod fiber;
 mod join;
+mod local;
 mod overflow;
 mod reactor;
 mod scheduler;
 mod stack;
 mod timer;
+mod trace_context;
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::time::Duration;
@@ -47,6 +49,7 @@ pub use fiber::FiberId;
 /// `Fiber::Scheduler`.
 pub use fibra_shim::{Deadline, Errno, Hook, WaitClock};
 pub use join::JoinHandle;
+pub use local::FiberLocal;
 pub use stack::{DEFAULT_STACK_SIZE, MIN_STACK_SIZE};
 
 use scheduler::Scheduler;
@@ -62,6 +65,9 @@ pub const ROOT_STACK_SIZE: usize = 2 * 1024 * 1024;
 /// of the thread. When it returns, the scheduler is uninstalled and the thread's calls go
 /// straight to libc again. A panic in `f` is propagated from `run` after the other fibers have
 /// finished.
+///
+/// The root fiber starts with the calling thread's [`FiberLocal`] values (an O(1) snapshot);
+/// its writes, and its fibers', do not flow back to the thread.
 ///
 /// # Panics
 /// - When called inside `run` on the same thread (there is one scheduler per thread; use

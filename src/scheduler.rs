@@ -143,6 +143,9 @@ impl Scheduler {
             // SAFETY: the hook is the scheduler, valid for as long as this fiber runs on it.
             unsafe { fibra_shim::set_active(Some(sched.hook_ptr())) };
             body();
+            // The fiber's values drop here, inside it: their destructors see the fiber's
+            // context and may block like any fiber code.
+            fiber.locals.clear();
             // SAFETY: clearing the slot has no preconditions.
             unsafe { fibra_shim::set_active(None) };
         };
@@ -150,10 +153,7 @@ impl Scheduler {
         // the entry refers to outlives it.
         let coroutine: FiberCoroutine =
             unsafe { FiberCoroutine::with_stack_unchecked(stack, entry) };
-        let span = match &name {
-            Some(name) => tracing::info_span!("fiber", id = id.0, name = name.as_str()),
-            None => tracing::info_span!("fiber", id = id.0),
-        };
+        let span = crate::trace_context::fiber_span(id.0, name.as_deref());
         let slot = self.free_slots.borrow_mut().pop();
         let slot = match slot {
             Some(slot) => slot,
@@ -174,6 +174,9 @@ impl Scheduler {
             wake: Cell::new(Wake::Ready),
             wait: Cell::new(WaitReason::None),
             span,
+            parked_spans: crate::trace_context::ParkedSpans::new(),
+            // O(1): the spawner's values are shared until either side writes.
+            locals: crate::local::LocalStorage::inherit(),
             guard,
             stack_size: size,
         });
@@ -294,18 +297,15 @@ impl Scheduler {
         let fiber = unsafe { ptr.as_ref() };
         fiber.state.set(State::Running);
         self.current.set(Some(ptr));
-        fiber
-            .span
-            .with_subscriber(|(id, dispatch)| dispatch.enter(id));
+        let floor = crate::trace_context::enter(&fiber.span, &fiber.parked_spans);
         // SAFETY: only the scheduler loop touches the coroutine, and not re-entrantly: a fiber
         // cannot resume another.
         let coroutine = unsafe { &mut *fiber.coroutine.get() }
             .as_mut()
             .expect("queued fibers have a coroutine");
         let result = coroutine.resume(());
-        fiber
-            .span
-            .with_subscriber(|(id, dispatch)| dispatch.exit(id));
+        let finished = matches!(result, CoroutineResult::Return(()));
+        crate::trace_context::leave(&fiber.span, &fiber.parked_spans, floor, finished);
         self.current.set(None);
         if let CoroutineResult::Return(()) = result {
             self.finish(fiber);

@@ -1,0 +1,134 @@
+//! Per-fiber tracing context: each fiber's span, and the spans a fiber entered, kept entered
+//! for that fiber alone across switches.
+//!
+//! tracing's "current span" is per thread (a subscriber keeps one span stack per thread), and
+//! every fiber of a thread shares it. Left alone, a span a fiber entered before blocking would
+//! stay on the stack while other fibers run, and their events would be logged inside it. So the
+//! scheduler brackets every resumption:
+//! - [`enter`]: enter the fiber's own span, note the span now current (the *floor*), then
+//!   re-enter, bottom first, the spans the fiber had entered when it last switched out;
+//! - [`leave`]: exit, top first, every span above the floor and remember them, then exit the
+//!   fiber's span.
+//!
+//! Spans are found with `Subscriber::current_span`, which tracing-subscriber's `Registry` (and
+//! so `fmt`) implements; a subscriber that does not track the current span reports none, and
+//! its spans are then left as they are. When no subscriber enables anything (the
+//! `LevelFilter::current()` is `OFF`), the bracket costs one relaxed atomic load.
+//!
+//! Each fiber's span (`fiber{id name}`) has as parent the span current where it was spawned,
+//! so fields recorded on a request's span reach every event of the fibers it spawns. Where a
+//! filter disables `fiber` spans, the fiber runs in the spawner's current span instead.
+
+use std::cell::{Cell, RefCell};
+
+use tracing::Span;
+use tracing::dispatcher::{self, Dispatch};
+use tracing::level_filters::LevelFilter;
+use tracing::span::Id;
+
+/// How many spans [`leave`] exits at most; bounds the loop for a subscriber whose `exit` does
+/// not pop its current span. No real fiber nests spans this deep.
+const MAX_PARKED_SPANS: usize = 256;
+
+/// The span a new fiber runs in: `fiber{id, name}`, child of the span current at the spawn; or,
+/// where `fiber` spans are filtered out, the span current at the spawn itself, so the child still
+/// logs inside its spawner's context (its request span, say).
+pub(crate) fn fiber_span(id: u64, name: Option<&str>) -> Span {
+    if LevelFilter::current() == LevelFilter::OFF {
+        return Span::none();
+    }
+    let parent = Span::current();
+    let span = match name {
+        Some(name) => tracing::info_span!(parent: &parent, "fiber", id, name),
+        None => tracing::info_span!(parent: &parent, "fiber", id),
+    };
+    if span.is_disabled() { parent } else { span }
+}
+
+/// The spans a switched-out fiber had entered above its floor, top first, and the dispatcher
+/// whose stack they were on.
+#[derive(Default)]
+pub(crate) struct ParkedSpans {
+    ids: RefCell<Vec<Id>>,
+    dispatch: RefCell<Option<Dispatch>>,
+    /// Whether `ids` is non-empty, readable without a borrow on the fast path.
+    any: Cell<bool>,
+}
+
+impl ParkedSpans {
+    pub fn new() -> ParkedSpans {
+        ParkedSpans::default()
+    }
+}
+
+/// What [`enter`] found, for the matching [`leave`].
+pub(crate) enum Floor {
+    /// Nothing is enabled anywhere: no span can have been entered.
+    Off,
+    /// The current span once the fiber's own span was entered; the fiber's entered spans are
+    /// the ones above it.
+    At(Option<Id>),
+}
+
+/// Enters the fiber's span and the spans it had entered when it last switched out.
+#[inline]
+pub(crate) fn enter(span: &Span, parked: &ParkedSpans) -> Floor {
+    span.with_subscriber(|(id, dispatch)| dispatch.enter(id));
+    if !parked.any.get() && LevelFilter::current() == LevelFilter::OFF {
+        return Floor::Off;
+    }
+    enter_slow(parked)
+}
+
+#[cold]
+fn enter_slow(parked: &ParkedSpans) -> Floor {
+    let floor = dispatcher::get_default(|d| d.current_span().id().cloned());
+    if parked.any.replace(false) {
+        let mut ids = parked.ids.take();
+        if let Some(dispatch) = parked.dispatch.take() {
+            for id in ids.iter().rev() {
+                dispatch.enter(id);
+            }
+        }
+        ids.clear();
+        // Keep the allocation for the next switch-out.
+        *parked.ids.borrow_mut() = ids;
+    }
+    Floor::At(floor)
+}
+
+/// Exits the spans the fiber entered (remembering them in `parked` unless it `finished`; a
+/// finished fiber's are leaked guards, exited for good), then the fiber's own span.
+#[inline]
+pub(crate) fn leave(span: &Span, parked: &ParkedSpans, floor: Floor, finished: bool) {
+    if let Floor::At(floor) = floor {
+        leave_slow(parked, floor, finished);
+    }
+    span.with_subscriber(|(id, dispatch)| dispatch.exit(id));
+}
+
+#[cold]
+fn leave_slow(parked: &ParkedSpans, floor: Option<Id>, finished: bool) {
+    let mut ids = parked.ids.take();
+    dispatcher::get_default(|d| {
+        while ids.len() < MAX_PARKED_SPANS {
+            let current = d.current_span();
+            match current.id() {
+                Some(id) if Some(id) != floor.as_ref() => {
+                    let id = id.clone();
+                    d.exit(&id);
+                    ids.push(id);
+                }
+                _ => break,
+            }
+        }
+        if !ids.is_empty() && !finished {
+            *parked.dispatch.borrow_mut() = Some(d.clone());
+            parked.any.set(true);
+        }
+    });
+    if finished {
+        ids.clear();
+    }
+    *parked.ids.borrow_mut() = ids;
+}
