@@ -57,6 +57,10 @@ pub(crate) enum WaitReason {
     Join(FiberId),
     /// A sleep until a deadline.
     Sleep,
+    /// A socket or pipe call waiting for its fd to become readable (or writable).
+    Io { fd: i32, write: bool },
+    /// `poll`/`ppoll` over this many fds.
+    Poll { fds: usize },
 }
 
 impl fmt::Display for WaitReason {
@@ -65,6 +69,9 @@ impl fmt::Display for WaitReason {
             WaitReason::None => write!(f, "nothing"),
             WaitReason::Join(id) => write!(f, "joining fiber {id}"),
             WaitReason::Sleep => write!(f, "sleeping"),
+            WaitReason::Io { fd, write: false } => write!(f, "waiting for fd {fd} to be readable"),
+            WaitReason::Io { fd, write: true } => write!(f, "waiting for fd {fd} to be writable"),
+            WaitReason::Poll { fds } => write!(f, "polling {fds} fds"),
         }
     }
 }

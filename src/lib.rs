@@ -31,6 +31,7 @@
 
 mod builder;
 mod fiber;
+mod io;
 mod join;
 mod local;
 mod overflow;

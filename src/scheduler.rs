@@ -17,10 +17,13 @@ use std::ptr::NonNull;
 use std::time::Duration;
 
 use corosensei::{CoroutineResult, Yielder};
-use fibra_shim::{Deadline, Errno, Hook, WaitClock};
+use std::os::fd::RawFd;
+
+use fibra_shim::{Deadline, Errno, Hook, Readiness, WaitClock};
 
 use crate::fiber::{Fiber, FiberCoroutine, FiberId, State, WaitReason, Wake, WakeToken};
-use crate::reactor::{Reactor, TIMER_TOKEN};
+use crate::io::Io;
+use crate::reactor::{FD_TOKEN_LIMIT, Reactor, TIMER_TOKEN};
 use crate::stack::StackPool;
 use crate::timer::Timers;
 
@@ -43,6 +46,8 @@ pub(crate) struct Scheduler {
     pub(crate) stacks: RefCell<StackPool>,
     timers: RefCell<Timers>,
     reactor: RefCell<Reactor>,
+    /// Fibers waiting on sockets and pipes (`io.rs`).
+    io: Io,
     _waker: mio::Waker,
 }
 
@@ -59,6 +64,7 @@ impl Scheduler {
             next_park: Cell::new(1),
             stacks: RefCell::new(StackPool::new()),
             timers: RefCell::new(timers),
+            io: Io::new(reactor.epfd()),
             reactor: RefCell::new(reactor),
             _waker: waker,
         })
@@ -258,6 +264,29 @@ impl Scheduler {
         }
     }
 
+    /// Parks the running fiber (its park begun with `prepare_park`, which made `token`) until
+    /// the token is used or `deadline` passes (then `Wake::Timer`).
+    pub fn park_until(
+        &self,
+        token: WakeToken,
+        reason: WaitReason,
+        deadline: Option<Deadline>,
+    ) -> Wake {
+        let key = deadline.map(|d| self.timers.borrow_mut().insert(d, token));
+        let wake = self.park(reason);
+        if let Some(key) = key
+            && wake != Wake::Timer
+        {
+            self.timers.borrow_mut().remove(key);
+        }
+        wake
+    }
+
+    /// The reactor, to register I/O sources (never borrowed across a switch).
+    pub fn reactor(&self) -> std::cell::Ref<'_, Reactor> {
+        self.reactor.borrow()
+    }
+
     /// Switches from the running fiber to the scheduler loop; returns when it is resumed.
     fn switch_out(&self, fiber: &Fiber) {
         let saved_errno = fibra_shim::errno();
@@ -282,7 +311,7 @@ impl Scheduler {
                 return;
             }
             let idle = self.run_queue.borrow().is_empty();
-            if idle && self.timers.borrow().is_empty() {
+            if idle && self.timers.borrow().is_empty() && self.io.waiting() == 0 {
                 self.report_deadlock();
             }
             if let Err(e) = self.poll_events(idle) {
@@ -333,9 +362,12 @@ impl Scheduler {
             timeout = None;
         }
         let mut timer_ready = false;
-        self.reactor.borrow_mut().poll(timeout, |token| {
+        self.reactor.borrow_mut().poll_events(timeout, |event| {
+            let token = event.token();
             if token == TIMER_TOKEN {
                 timer_ready = true;
+            } else if token.0 < FD_TOKEN_LIMIT {
+                self.io.on_event(self, event);
             }
         })?;
         let mut timers = self.timers.borrow_mut();
@@ -373,6 +405,8 @@ impl Scheduler {
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
+        // The epoll instance closes with the reactor: a later one may get its number.
+        fibra_shim::fd::forget_registrations(self.reactor.get_mut().epfd());
         // Fibers that never finished (the loop was torn down by a panic) may be parked inside an
         // interposed libc call; unwinding their stacks would unwind through `extern "C"` frames.
         // Leak them, and with them their stacks (the pool then keeps its chunks mapped).
@@ -399,5 +433,26 @@ impl Drop for Installed {
 unsafe impl Hook for Scheduler {
     fn sleep_until(&self, deadline: Deadline, _clock: WaitClock) -> Result<(), Errno> {
         Scheduler::sleep_until(self, deadline)
+    }
+
+    fn wait_fd(
+        &self,
+        fd: RawFd,
+        interest: Readiness,
+        deadline: Option<Deadline>,
+    ) -> Result<Readiness, Errno> {
+        self.io.wait_fd(self, fd, interest, deadline)
+    }
+
+    fn wait_any_fd(
+        &self,
+        fds: &[(RawFd, Readiness)],
+        deadline: Option<Deadline>,
+    ) -> Result<Readiness, Errno> {
+        self.io.wait_any_fd(self, fds, deadline)
+    }
+
+    fn fd_closed(&self, fd: RawFd) {
+        self.io.fd_closed(self, fd)
     }
 }

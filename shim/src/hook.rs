@@ -12,6 +12,7 @@
 //! would give.
 
 use std::fmt;
+use std::os::fd::RawFd;
 
 /// An `errno` value, as returned by a hook that could not complete the wait.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,6 +25,8 @@ impl Errno {
     pub const ETIMEDOUT: Errno = Errno(libc::ETIMEDOUT);
     /// `ECANCELED`.
     pub const ECANCELED: Errno = Errno(libc::ECANCELED);
+    /// `EBADF`: the fd waited on was closed by another fiber.
+    pub const EBADF: Errno = Errno(libc::EBADF);
 }
 
 impl fmt::Debug for Errno {
@@ -92,4 +95,75 @@ pub unsafe trait Hook {
     /// when the sleep was cut short; the shim then reports `EINTR` with no time remaining, so
     /// that callers who retry with the remaining time (std does) stop.
     fn sleep_until(&self, deadline: Deadline, clock: WaitClock) -> Result<(), Errno>;
+
+    /// Parks the calling fiber until `fd` may be ready for `interest`, `deadline` passes, or
+    /// the fd is closed. The shim has just seen the call fail with `EAGAIN` and retries it after
+    /// an `Ok` with readiness, so a spurious wake-up is harmless.
+    ///
+    /// Returns `Ok(readiness)` (non-empty) when woken by readiness, `Ok(Readiness::NONE)` when
+    /// `deadline` passed, `Err(Errno::EBADF)` when another fiber closed (or `dup2`ed onto) `fd`
+    /// meanwhile (the call must not be retried: the number may already name another file), or
+    /// another `Err` when the wait was interrupted.
+    fn wait_fd(
+        &self,
+        fd: RawFd,
+        interest: Readiness,
+        deadline: Option<Deadline>,
+    ) -> Result<Readiness, Errno>;
+
+    /// Parks the calling fiber until any of `fds` may be ready for its interest, or `deadline`
+    /// passes (`poll`, `ppoll`). `Ok(Readiness::NONE)` means the deadline passed; a close of one
+    /// of the fds wakes the fiber with readiness (the shim's retry then reports `POLLNVAL`).
+    fn wait_any_fd(
+        &self,
+        fds: &[(RawFd, Readiness)],
+        deadline: Option<Deadline>,
+    ) -> Result<Readiness, Errno>;
+
+    /// `fd` was closed (or replaced by `dup2`/`dup3`) by the calling fiber: fibers waiting on
+    /// it must wake with `EBADF`.
+    fn fd_closed(&self, fd: RawFd);
+}
+
+/// A set of I/O readiness kinds: what a wait is for, and what woke it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Readiness(pub u8);
+
+impl Readiness {
+    /// Nothing: as a result, the deadline passed.
+    pub const NONE: Readiness = Readiness(0);
+    /// Readable (or read-closed, or an error pending).
+    pub const READABLE: Readiness = Readiness(1);
+    /// Writable (or write-closed, or an error pending).
+    pub const WRITABLE: Readiness = Readiness(2);
+    /// Both.
+    pub const BOTH: Readiness = Readiness(3);
+
+    /// Whether nothing is set.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether `self` and `other` share a kind.
+    pub fn intersects(self, other: Readiness) -> bool {
+        self.0 & other.0 != 0
+    }
+}
+
+impl std::ops::BitOr for Readiness {
+    type Output = Readiness;
+    fn bitor(self, rhs: Readiness) -> Readiness {
+        Readiness(self.0 | rhs.0)
+    }
+}
+
+impl fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => write!(f, "NONE"),
+            1 => write!(f, "READABLE"),
+            2 => write!(f, "WRITABLE"),
+            _ => write!(f, "READABLE | WRITABLE"),
+        }
+    }
 }

@@ -8,7 +8,8 @@
 //!   that could wait, and [`Errno`].
 //! - [`dispatch`]: the per-thread slot holding the hook of the fiber that is running right now,
 //!   and the discipline that keeps hook code itself (and the scheduler) out of the hooks.
-//! - `time`, `fork`: the interposed symbols themselves, one module per family.
+//! - [`fd`]: the process-wide, lock-free table of what is known about each file descriptor.
+//! - `time`, `fork`, `net`: the interposed symbols themselves, one module per family.
 //!
 //! It depends on nothing of fibra: any scheduler can implement [`Hook`]. Interposition works
 //! because a `#[no_mangle]` definition linked into the executable takes precedence over libc's
@@ -23,13 +24,15 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod dispatch;
+pub mod fd;
 mod fork;
 pub mod hook;
+mod net;
 pub mod real;
 mod time;
 
 pub use dispatch::{Active, active, forked_child, set_active, without_hook};
-pub use hook::{Deadline, Errno, Hook, WaitClock};
+pub use hook::{Deadline, Errno, Hook, Readiness, WaitClock};
 
 /// The calling thread's `errno`.
 #[inline]
@@ -60,16 +63,39 @@ pub fn ensure_linked() -> usize {
 }
 
 /// Addresses of the interposed functions, kept only so the linker keeps them.
-struct Keep([*const (); 6]);
+struct Keep(&'static [*const ()]);
 // SAFETY: the table is immutable and holds plain code addresses that are never dereferenced.
 unsafe impl Sync for Keep {}
 
 #[used]
-static INTERPOSED: Keep = Keep([
+static INTERPOSED: Keep = Keep(&[
     time::nanosleep as *const (),
     time::clock_nanosleep as *const (),
     time::usleep as *const (),
     time::sleep as *const (),
     fork::fork as *const (),
     real::init as *const (),
+    net::read as *const (),
+    net::readv as *const (),
+    net::write as *const (),
+    net::writev as *const (),
+    net::recv as *const (),
+    net::recvfrom as *const (),
+    net::recvmsg as *const (),
+    net::send as *const (),
+    net::sendto as *const (),
+    net::sendmsg as *const (),
+    net::accept as *const (),
+    net::accept4 as *const (),
+    net::connect as *const (),
+    net::poll as *const (),
+    net::ppoll as *const (),
+    net::close as *const (),
+    net::dup as *const (),
+    net::dup2 as *const (),
+    net::dup3 as *const (),
+    net::fcntl as *const (),
+    net::fcntl64 as *const (),
+    net::ioctl as *const (),
+    net::setsockopt as *const (),
 ]);

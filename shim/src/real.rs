@@ -64,6 +64,102 @@ real_functions! {
     fn fork() -> libc::pid_t;
     /// libc's `write`, for messages that must bypass every hook (signal handlers).
     fn write(fd: libc::c_int, buf: *const c_void, len: libc::size_t) -> libc::ssize_t;
+    /// libc's `read`.
+    fn read(fd: libc::c_int, buf: *mut c_void, len: libc::size_t) -> libc::ssize_t;
+    /// libc's `readv`.
+    fn readv(fd: libc::c_int, iov: *const libc::iovec, iovcnt: libc::c_int) -> libc::ssize_t;
+    /// libc's `writev`.
+    fn writev(fd: libc::c_int, iov: *const libc::iovec, iovcnt: libc::c_int) -> libc::ssize_t;
+    /// libc's `recv`.
+    fn recv(fd: libc::c_int, buf: *mut c_void, len: libc::size_t, flags: libc::c_int)
+        -> libc::ssize_t;
+    /// libc's `recvfrom`.
+    fn recvfrom(
+        fd: libc::c_int,
+        buf: *mut c_void,
+        len: libc::size_t,
+        flags: libc::c_int,
+        addr: *mut libc::sockaddr,
+        addrlen: *mut libc::socklen_t,
+    ) -> libc::ssize_t;
+    /// libc's `recvmsg`.
+    fn recvmsg(fd: libc::c_int, msg: *mut libc::msghdr, flags: libc::c_int) -> libc::ssize_t;
+    /// libc's `send`.
+    fn send(fd: libc::c_int, buf: *const c_void, len: libc::size_t, flags: libc::c_int)
+        -> libc::ssize_t;
+    /// libc's `sendto`.
+    fn sendto(
+        fd: libc::c_int,
+        buf: *const c_void,
+        len: libc::size_t,
+        flags: libc::c_int,
+        addr: *const libc::sockaddr,
+        addrlen: libc::socklen_t,
+    ) -> libc::ssize_t;
+    /// libc's `sendmsg`.
+    fn sendmsg(fd: libc::c_int, msg: *const libc::msghdr, flags: libc::c_int) -> libc::ssize_t;
+    /// libc's `accept`.
+    fn accept(fd: libc::c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t)
+        -> libc::c_int;
+    /// libc's `accept4`.
+    fn accept4(
+        fd: libc::c_int,
+        addr: *mut libc::sockaddr,
+        len: *mut libc::socklen_t,
+        flags: libc::c_int,
+    ) -> libc::c_int;
+    /// libc's `connect`.
+    fn connect(fd: libc::c_int, addr: *const libc::sockaddr, len: libc::socklen_t)
+        -> libc::c_int;
+    /// libc's `poll`.
+    fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: libc::c_int) -> libc::c_int;
+    /// libc's `ppoll`.
+    fn ppoll(
+        fds: *mut libc::pollfd,
+        nfds: libc::nfds_t,
+        timeout: *const libc::timespec,
+        sigmask: *const libc::sigset_t,
+    ) -> libc::c_int;
+    /// libc's `close`.
+    fn close(fd: libc::c_int) -> libc::c_int;
+    /// libc's `dup`.
+    fn dup(fd: libc::c_int) -> libc::c_int;
+    /// libc's `dup2`.
+    fn dup2(fd: libc::c_int, new: libc::c_int) -> libc::c_int;
+    /// libc's `dup3`.
+    fn dup3(fd: libc::c_int, new: libc::c_int, flags: libc::c_int) -> libc::c_int;
+    /// libc's `fcntl` (variadic in C; called with its one integer-or-pointer argument spelled
+    /// out, which is the same call on x86_64 and aarch64 Linux).
+    fn fcntl(fd: libc::c_int, cmd: libc::c_int, arg: libc::c_ulong) -> libc::c_int;
+    /// libc's `fcntl64` (the same function under its LFS name).
+    fn fcntl64(fd: libc::c_int, cmd: libc::c_int, arg: libc::c_ulong) -> libc::c_int;
+    /// libc's `ioctl` (variadic in C, like `fcntl`).
+    fn ioctl(fd: libc::c_int, request: libc::c_ulong, arg: *mut c_void) -> libc::c_int;
+    /// libc's `getsockopt`.
+    fn getsockopt(
+        fd: libc::c_int,
+        level: libc::c_int,
+        name: libc::c_int,
+        value: *mut c_void,
+        len: *mut libc::socklen_t,
+    ) -> libc::c_int;
+    /// libc's `setsockopt`.
+    fn setsockopt(
+        fd: libc::c_int,
+        level: libc::c_int,
+        name: libc::c_int,
+        value: *const c_void,
+        len: libc::socklen_t,
+    ) -> libc::c_int;
+    /// libc's `getaddrinfo`.
+    fn getaddrinfo(
+        node: *const libc::c_char,
+        service: *const libc::c_char,
+        hints: *const libc::addrinfo,
+        res: *mut *mut libc::addrinfo,
+    ) -> libc::c_int;
+    /// libc's `freeaddrinfo`.
+    fn freeaddrinfo(res: *mut libc::addrinfo) -> ();
 }
 
 fn resolve(slot: &AtomicPtr<c_void>, name: &'static str) -> *mut c_void {

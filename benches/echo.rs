@@ -1,0 +1,2 @@
+//! Echo server benchmark (being written).
+fn main() {}
