@@ -61,6 +61,12 @@ pub(crate) enum WaitReason {
     Io { fd: i32, write: bool },
     /// `poll`/`ppoll` over this many fds.
     Poll { fds: usize },
+    /// A futex wait (a std or parking_lot lock, condvar, once, barrier...) on this word.
+    Futex { addr: usize },
+    /// `std::thread::park` on the thread's parker word (channels, `thread::scope`, park).
+    ThreadPark { addr: usize },
+    /// A blocking libc call running on a helper thread (`pthread_join`).
+    Blocking(fibra_shim::BlockingCall),
 }
 
 impl fmt::Display for WaitReason {
@@ -72,6 +78,17 @@ impl fmt::Display for WaitReason {
             WaitReason::Io { fd, write: false } => write!(f, "waiting for fd {fd} to be readable"),
             WaitReason::Io { fd, write: true } => write!(f, "waiting for fd {fd} to be writable"),
             WaitReason::Poll { fds } => write!(f, "polling {fds} fds"),
+            WaitReason::Futex { addr } => write!(
+                f,
+                "waiting on a lock or condition variable (futex {addr:#x})"
+            ),
+            WaitReason::ThreadPark { addr } => write!(
+                f,
+                "parked in std::thread::park: a channel receive or send, a scope, or park (parker word {addr:#x})"
+            ),
+            WaitReason::Blocking(fibra_shim::BlockingCall::ThreadJoin) => {
+                write!(f, "joining an OS thread (pthread_join)")
+            }
         }
     }
 }

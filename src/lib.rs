@@ -38,6 +38,7 @@ mod overflow;
 mod reactor;
 mod scheduler;
 mod stack;
+mod sync;
 mod timer;
 mod trace_context;
 

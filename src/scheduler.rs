@@ -48,7 +48,8 @@ pub(crate) struct Scheduler {
     reactor: RefCell<Reactor>,
     /// Fibers waiting on sockets and pipes (`io.rs`).
     io: Io,
-    _waker: mio::Waker,
+    /// Sync waits: the cross-thread inbox, std's parker word, idle bookkeeping (`sync.rs`).
+    pub(crate) sync: crate::sync::SchedSync,
 }
 
 impl Scheduler {
@@ -66,7 +67,7 @@ impl Scheduler {
             timers: RefCell::new(timers),
             io: Io::new(reactor.epfd()),
             reactor: RefCell::new(reactor),
-            _waker: waker,
+            sync: crate::sync::SchedSync::new(waker),
         })
     }
 
@@ -304,6 +305,7 @@ impl Scheduler {
             while budget > 0 {
                 let next = self.run_queue.borrow_mut().pop_front();
                 let Some(fiber) = next else { break };
+                self.sync.before_resume(self);
                 self.resume(fiber);
                 budget -= 1;
             }
@@ -312,7 +314,10 @@ impl Scheduler {
             }
             let idle = self.run_queue.borrow().is_empty();
             if idle && self.timers.borrow().is_empty() && self.io.waiting() == 0 {
-                self.report_deadlock();
+                if self.sync.external() == 0 {
+                    self.report_deadlock();
+                }
+                self.sync.idle(self);
             }
             if let Err(e) = self.poll_events(idle) {
                 panic!("fibra: the event loop failed: {e}");
@@ -359,7 +364,7 @@ impl Scheduler {
         let mut timeout = Some(Duration::ZERO);
         if block {
             self.timers.borrow_mut().arm()?;
-            timeout = None;
+            timeout = self.sync.block_timeout(self);
         }
         let mut timer_ready = false;
         self.reactor.borrow_mut().poll_events(timeout, |event| {
@@ -382,14 +387,22 @@ impl Scheduler {
                 self.unpark(token, Wake::Timer);
             }
         }
+        self.sync.after_poll(self);
         Ok(())
     }
 
     /// Every fiber is parked and nothing (timer, I/O, other thread) can ever wake one.
-    fn report_deadlock(&self) -> ! {
+    pub(crate) fn report_deadlock(&self) -> ! {
         let mut msg = String::from(
             "fibra: deadlock: every fiber on this thread is blocked and nothing can wake any of them:",
         );
+        msg.push_str(&self.describe_fibers());
+        panic!("{msg}");
+    }
+
+    /// One line per fiber: `fiber #N 'name' is <what it waits for>`.
+    pub(crate) fn describe_fibers(&self) -> String {
+        let mut msg = String::new();
         for fiber in self.fibers.borrow().iter().flatten() {
             let _ = write!(
                 msg,
@@ -399,12 +412,20 @@ impl Scheduler {
                 fiber.wait.get()
             );
         }
-        panic!("{msg}");
+        msg
+    }
+
+    /// The name of the fiber `id` of this scheduler, if it exists and has one.
+    pub(crate) fn fiber_name(&self, id: FiberId) -> Option<String> {
+        let fibers = self.fibers.try_borrow().ok()?;
+        let fiber = fibers.iter().flatten().find(|f| f.id == id)?;
+        fiber.name.clone()
     }
 }
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
+        self.sync.finish();
         // The epoll instance closes with the reactor: a later one may get its number.
         fibra_shim::fd::forget_registrations(self.reactor.get_mut().epfd());
         // Fibers that never finished (the loop was torn down by a panic) may be parked inside an
@@ -454,5 +475,13 @@ unsafe impl Hook for Scheduler {
 
     fn fd_closed(&self, fd: RawFd) {
         self.io.fd_closed(self, fd)
+    }
+
+    fn futex_wait(&self, wait: &fibra_shim::futex::FutexWait) -> Result<(), Errno> {
+        crate::sync::futex_wait(self, wait)
+    }
+
+    fn run_blocking(&self, call: &mut (dyn FnMut() + Send), what: fibra_shim::BlockingCall) {
+        crate::sync::run_blocking(self, call, what)
     }
 }

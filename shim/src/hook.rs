@@ -96,6 +96,23 @@ pub unsafe trait Hook {
     /// that callers who retry with the remaining time (std does) stop.
     fn sleep_until(&self, deadline: Deadline, clock: WaitClock) -> Result<(), Errno>;
 
+    /// Parks the calling fiber in a futex wait (`FUTEX_WAIT`, `FUTEX_WAIT_BITSET`), with the
+    /// kernel's semantics: `Err(EAGAIN)` when the word does not hold `wait.expected` once the
+    /// waiter is registered (register first, then re-check, so no wake is lost), `Ok` when a
+    /// futex wake reached it (from any thread, through [`crate::futex::FiberFutexes`]),
+    /// `Err(ETIMEDOUT)` at `wait.deadline`.
+    ///
+    /// Futex waits are lock waits (std's and parking_lot's locks retry at once on any early
+    /// return): an implementation must not end one early for a timeout or cancellation of its
+    /// own, or the fiber would spin (see ARCHITECTURE.md, "Sync waits").
+    fn futex_wait(&self, wait: &crate::futex::FutexWait) -> Result<(), Errno>;
+
+    /// Runs `call`, a libc call that blocks in a way no readiness or futex hook can observe
+    /// (`pthread_join`: the kernel's wake-up of the joiner bypasses the interposed `syscall`),
+    /// on another OS thread while the calling fiber is parked, and returns once it finished.
+    /// `call` must have run exactly once when this returns.
+    fn run_blocking(&self, call: &mut (dyn FnMut() + Send), what: BlockingCall);
+
     /// Parks the calling fiber until `fd` may be ready for `interest`, `deadline` passes, or
     /// the fd is closed. The shim has just seen the call fail with `EAGAIN` and retries it after
     /// an `Ok` with readiness, so a spurious wake-up is harmless.
@@ -123,6 +140,13 @@ pub unsafe trait Hook {
     /// `fd` was closed (or replaced by `dup2`/`dup3`) by the calling fiber: fibers waiting on
     /// it must wake with `EBADF`.
     fn fd_closed(&self, fd: RawFd);
+}
+
+/// A blocking libc call handed to [`Hook::run_blocking`], for diagnostics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockingCall {
+    /// `pthread_join` of an OS thread.
+    ThreadJoin,
 }
 
 /// A set of I/O readiness kinds: what a wait is for, and what woke it.

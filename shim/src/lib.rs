@@ -9,7 +9,8 @@
 //! - [`dispatch`]: the per-thread slot holding the hook of the fiber that is running right now,
 //!   and the discipline that keeps hook code itself (and the scheduler) out of the hooks.
 //! - [`fd`]: the process-wide, lock-free table of what is known about each file descriptor.
-//! - `time`, `fork`, `net`: the interposed symbols themselves, one module per family.
+//! - `time`, `fork`, `net`, `futex` (`syscall`), `thread` (`pthread_join`): the interposed symbols
+//!   themselves, one module per family.
 //!
 //! It depends on nothing of fibra: any scheduler can implement [`Hook`]. Interposition works
 //! because a `#[no_mangle]` definition linked into the executable takes precedence over libc's
@@ -26,13 +27,16 @@
 pub mod dispatch;
 pub mod fd;
 mod fork;
+pub mod futex;
 pub mod hook;
 mod net;
 pub mod real;
+mod thread;
 mod time;
 
 pub use dispatch::{Active, active, forked_child, set_active, without_hook};
 pub use hook::{Deadline, Errno, Hook, Readiness, WaitClock};
+pub use hook::BlockingCall;
 
 /// The calling thread's `errno`.
 #[inline]
@@ -69,6 +73,8 @@ unsafe impl Sync for Keep {}
 
 #[used]
 static INTERPOSED: Keep = Keep(&[
+    futex::syscall as *const (),
+    thread::pthread_join as *const (),
     time::nanosleep as *const (),
     time::clock_nanosleep as *const (),
     time::usleep as *const (),

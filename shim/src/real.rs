@@ -62,6 +62,8 @@ real_functions! {
     fn sleep(secs: libc::c_uint) -> libc::c_uint;
     /// libc's `fork`.
     fn fork() -> libc::pid_t;
+    /// libc's `pthread_join`.
+    fn pthread_join(thread: libc::pthread_t, retval: *mut *mut c_void) -> libc::c_int;
     /// libc's `write`, for messages that must bypass every hook (signal handlers).
     fn write(fd: libc::c_int, buf: *const c_void, len: libc::size_t) -> libc::ssize_t;
     /// libc's `read`.
@@ -162,6 +164,44 @@ real_functions! {
     fn freeaddrinfo(res: *mut libc::addrinfo) -> ();
 }
 
+/// libc's `syscall`, resolved like the others (it is variadic, so it is not in the table).
+static SYSCALL: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
+
+/// libc's `syscall` with all six argument registers passed (the extra ones are ignored by the
+/// system calls that take fewer).
+///
+/// # Safety
+/// The contract of the system call `num`.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn syscall(
+    num: libc::c_long,
+    a1: libc::c_long,
+    a2: libc::c_long,
+    a3: libc::c_long,
+    a4: libc::c_long,
+    a5: libc::c_long,
+    a6: libc::c_long,
+) -> libc::c_long {
+    let mut ptr = SYSCALL.load(Ordering::Relaxed);
+    if ptr.is_null() {
+        ptr = resolve(&SYSCALL, "syscall\0");
+    }
+    // SAFETY: `ptr` is libc's variadic `syscall`.
+    let real: unsafe extern "C" fn(libc::c_long, ...) -> libc::c_long =
+        unsafe { std::mem::transmute(ptr) };
+    // SAFETY: the caller upholds the system call's contract.
+    unsafe { real(num, a1, a2, a3, a4, a5, a6) }
+}
+
+extern "C" fn init_syscall() {
+    resolve(&SYSCALL, "syscall\0");
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static INIT_SYSCALL_ENTRY: extern "C" fn() = init_syscall;
+
 fn resolve(slot: &AtomicPtr<c_void>, name: &'static str) -> *mut c_void {
     let cname =
         CStr::from_bytes_with_nul(name.as_bytes()).expect("symbol names are NUL-terminated");
@@ -173,9 +213,14 @@ fn resolve(slot: &AtomicPtr<c_void>, name: &'static str) -> *mut c_void {
         // caller could handle. Say which symbol, without allocating.
         let msg =
             b"fibra-shim: dlsym(RTLD_NEXT) found no libc definition for an interposed symbol\n";
+        // `libc::syscall` is the shim's own `syscall`, which forwards through this table: if
+        // resolving `syscall` itself failed, writing the message would recurse. Abort instead.
+        static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         // SAFETY: raw write(2) of a static buffer to stderr; then abort.
         unsafe {
-            libc::syscall(libc::SYS_write, 2, msg.as_ptr(), msg.len());
+            if !FAILING.swap(true, Ordering::Relaxed) {
+                libc::syscall(libc::SYS_write, 2, msg.as_ptr(), msg.len());
+            }
             libc::abort();
         }
     }
