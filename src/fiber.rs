@@ -67,6 +67,8 @@ pub(crate) enum WaitReason {
     ThreadPark { addr: usize },
     /// A blocking libc call running on a helper thread (`pthread_join`).
     Blocking(fibra_shim::BlockingCall),
+    /// A name lookup (`getaddrinfo`) waiting for its answer (see `dns`).
+    Resolve,
 }
 
 impl fmt::Display for WaitReason {
@@ -86,6 +88,10 @@ impl fmt::Display for WaitReason {
                 f,
                 "parked in std::thread::park: a channel receive or send, a scope, or park (parker word {addr:#x})"
             ),
+            WaitReason::Resolve => write!(f, "resolving a host name (getaddrinfo)"),
+            WaitReason::Blocking(fibra_shim::BlockingCall::GetAddrInfo) => {
+                write!(f, "resolving a host name (glibc getaddrinfo on a helper thread)")
+            }
             WaitReason::Blocking(fibra_shim::BlockingCall::ThreadJoin) => {
                 write!(f, "joining an OS thread (pthread_join)")
             }

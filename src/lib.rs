@@ -30,6 +30,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod builder;
+pub mod dns;
 mod fiber;
 mod io;
 mod join;

@@ -484,4 +484,11 @@ unsafe impl Hook for Scheduler {
     fn run_blocking(&self, call: &mut (dyn FnMut() + Send), what: fibra_shim::BlockingCall) {
         crate::sync::run_blocking(self, call, what)
     }
+
+    fn resolve(
+        &self,
+        query: &fibra_shim::dns::ResolveQuery<'_>,
+    ) -> Result<fibra_shim::dns::Resolved, fibra_shim::dns::GaiError> {
+        crate::dns::resolve(self, query)
+    }
 }

@@ -10,7 +10,7 @@ mod common;
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Condvar, LazyLock, Mutex, OnceLock, RwLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -197,10 +197,9 @@ fn std_condvar_wait_wait_timeout_and_wait_while() {
         assert_parks(move || {
             let g = p.0.lock().unwrap();
             let start = Instant::now();
-            let (g, r) = p
-                .1
-                .wait_timeout_while(g, Duration::from_secs(20), |v| *v != 2)
-                .unwrap();
+            let (g, r) =
+                p.1.wait_timeout_while(g, Duration::from_secs(20), |v| *v != 2)
+                    .unwrap();
             assert!(!r.timed_out() && *g == 2 && start.elapsed() < Duration::from_secs(10));
         });
         n.join().unwrap();
@@ -299,7 +298,10 @@ fn std_park_timeout_returns_at_its_deadline_and_unpark_wakes_early() {
             while !flag.load(Ordering::Acquire) {
                 thread::park_timeout(Duration::from_secs(20));
             }
-            assert!(start.elapsed() < Duration::from_secs(10), "unpark was missed");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "unpark was missed"
+            );
         });
     });
 }
@@ -345,10 +347,7 @@ fn std_mpsc_between_fibers_and_os_threads() {
         // recv_timeout between fibers: nothing comes, the timeout ends the wait.
         let (_tx, rx) = mpsc::channel::<u32>();
         assert_parks(move || {
-            assert_eq!(
-                rx.recv_timeout(HOLD),
-                Err(mpsc::RecvTimeoutError::Timeout)
-            );
+            assert_eq!(rx.recv_timeout(HOLD), Err(mpsc::RecvTimeoutError::Timeout));
         });
         // recv_timeout that an OS thread's send ends early.
         let (tx, rx) = mpsc::channel::<u32>();
@@ -664,7 +663,13 @@ fn crossbeam_channels_between_fibers_and_os_threads() {
 
 // ---- The raw futex interface: the kernel's semantics, exactly. ----
 
-fn futex(word: &std::sync::atomic::AtomicU32, op: i32, val: u32, ts: *const libc::timespec, val3: u32) -> (i64, i32) {
+fn futex(
+    word: &std::sync::atomic::AtomicU32,
+    op: i32,
+    val: u32,
+    ts: *const libc::timespec,
+    val3: u32,
+) -> (i64, i32) {
     // SAFETY: a futex call on a live word; errno read right after.
     unsafe {
         *libc::__errno_location() = 0;
@@ -682,7 +687,10 @@ fn futex(word: &std::sync::atomic::AtomicU32, op: i32, val: u32, ts: *const libc
 }
 
 fn abs_monotonic(after: Duration) -> libc::timespec {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     let ns = ts.tv_nsec as u64 + after.subsec_nanos() as u64;
@@ -700,20 +708,41 @@ fn raw_futex_waits_have_the_kernels_results_in_fibers() {
     fibra::run(|| {
         let word = Arc::new(std::sync::atomic::AtomicU32::new(5));
         // Value mismatch: EAGAIN at once.
-        assert_eq!(futex(&word, libc::FUTEX_WAIT | PRIVATE, 4, std::ptr::null(), 0), (-1, libc::EAGAIN));
+        assert_eq!(
+            futex(&word, libc::FUTEX_WAIT | PRIVATE, 4, std::ptr::null(), 0),
+            (-1, libc::EAGAIN)
+        );
         // Bad arguments: EINVAL.
         assert_eq!(
-            futex(&word, libc::FUTEX_WAIT_BITSET | PRIVATE, 5, std::ptr::null(), 0),
+            futex(
+                &word,
+                libc::FUTEX_WAIT_BITSET | PRIVATE,
+                5,
+                std::ptr::null(),
+                0
+            ),
             (-1, libc::EINVAL),
             "a zero bitset"
         );
-        let bad = libc::timespec { tv_sec: 0, tv_nsec: 2_000_000_000 };
-        assert_eq!(futex(&word, libc::FUTEX_WAIT | PRIVATE, 5, &bad, 0), (-1, libc::EINVAL));
+        let bad = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 2_000_000_000,
+        };
+        assert_eq!(
+            futex(&word, libc::FUTEX_WAIT | PRIVATE, 5, &bad, 0),
+            (-1, libc::EINVAL)
+        );
         // A relative timeout (FUTEX_WAIT), parked.
         let w = word.clone();
         assert_parks(move || {
-            let rel = libc::timespec { tv_sec: 0, tv_nsec: HOLD.as_nanos() as libc::c_long };
-            assert_eq!(futex(&w, libc::FUTEX_WAIT | PRIVATE, 5, &rel, 0), (-1, libc::ETIMEDOUT));
+            let rel = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: HOLD.as_nanos() as libc::c_long,
+            };
+            assert_eq!(
+                futex(&w, libc::FUTEX_WAIT | PRIVATE, 5, &rel, 0),
+                (-1, libc::ETIMEDOUT)
+            );
         });
         // An absolute monotonic deadline (FUTEX_WAIT_BITSET), parked.
         let w = word.clone();
@@ -727,7 +756,10 @@ fn raw_futex_waits_have_the_kernels_results_in_fibers() {
         // An absolute realtime deadline (FUTEX_CLOCK_REALTIME), shared (not private).
         let w = word.clone();
         assert_parks(move || {
-            let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            let mut now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
             // SAFETY: valid out-pointer.
             unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
             let ns = now.tv_nsec as u64 + HOLD.as_nanos() as u64;
@@ -736,7 +768,13 @@ fn raw_futex_waits_have_the_kernels_results_in_fibers() {
                 tv_nsec: (ns % 1_000_000_000) as libc::c_long,
             };
             assert_eq!(
-                futex(&w, libc::FUTEX_WAIT_BITSET | libc::FUTEX_CLOCK_REALTIME, 5, &abs, u32::MAX),
+                futex(
+                    &w,
+                    libc::FUTEX_WAIT_BITSET | libc::FUTEX_CLOCK_REALTIME,
+                    5,
+                    &abs,
+                    u32::MAX
+                ),
                 (-1, libc::ETIMEDOUT)
             );
         });
@@ -746,17 +784,36 @@ fn raw_futex_waits_have_the_kernels_results_in_fibers() {
             .map(|_| {
                 let (w, woken) = (word.clone(), woken.clone());
                 fibra::spawn(move || {
-                    assert_eq!(futex(&w, libc::FUTEX_WAIT | PRIVATE, 5, std::ptr::null(), 0), (0, 0));
+                    assert_eq!(
+                        futex(&w, libc::FUTEX_WAIT | PRIVATE, 5, std::ptr::null(), 0),
+                        (0, 0)
+                    );
                     woken.set(woken.get() + 1);
                 })
             })
             .collect();
         fibra::yield_now();
-        assert_eq!(futex(&word, libc::FUTEX_WAKE | PRIVATE, 2, std::ptr::null(), 0).0, 2);
+        assert_eq!(
+            futex(&word, libc::FUTEX_WAKE | PRIVATE, 2, std::ptr::null(), 0).0,
+            2
+        );
         fibra::yield_now();
         assert_eq!(woken.get(), 2);
-        assert_eq!(futex(&word, libc::FUTEX_WAKE | PRIVATE, i32::MAX as u32, std::ptr::null(), 0).0, 1);
-        assert_eq!(futex(&word, libc::FUTEX_WAKE | PRIVATE, 1, std::ptr::null(), 0).0, 0);
+        assert_eq!(
+            futex(
+                &word,
+                libc::FUTEX_WAKE | PRIVATE,
+                i32::MAX as u32,
+                std::ptr::null(),
+                0
+            )
+            .0,
+            1
+        );
+        assert_eq!(
+            futex(&word, libc::FUTEX_WAKE | PRIVATE, 1, std::ptr::null(), 0).0,
+            0
+        );
         for w in waiters {
             w.join().unwrap();
         }
@@ -767,9 +824,39 @@ fn raw_futex_waits_have_the_kernels_results_in_fibers() {
             futex(&w, libc::FUTEX_WAIT_BITSET | PRIVATE, 5, &abs, 0b01)
         });
         fibra::yield_now();
-        assert_eq!(futex(&word, libc::FUTEX_WAKE_BITSET | PRIVATE, 1, std::ptr::null(), 0b10).0, 0);
-        assert_eq!(futex(&word, libc::FUTEX_WAKE_BITSET | PRIVATE, 1, std::ptr::null(), 0).1, libc::EINVAL);
-        assert_eq!(futex(&word, libc::FUTEX_WAKE_BITSET | PRIVATE, 1, std::ptr::null(), 0b11).0, 1);
+        assert_eq!(
+            futex(
+                &word,
+                libc::FUTEX_WAKE_BITSET | PRIVATE,
+                1,
+                std::ptr::null(),
+                0b10
+            )
+            .0,
+            0
+        );
+        assert_eq!(
+            futex(
+                &word,
+                libc::FUTEX_WAKE_BITSET | PRIVATE,
+                1,
+                std::ptr::null(),
+                0
+            )
+            .1,
+            libc::EINVAL
+        );
+        assert_eq!(
+            futex(
+                &word,
+                libc::FUTEX_WAKE_BITSET | PRIVATE,
+                1,
+                std::ptr::null(),
+                0b11
+            )
+            .0,
+            1
+        );
         assert_eq!(waiter.join().unwrap(), (0, 0));
         // Other system calls pass through with libc's errno.
         // SAFETY: closing an invalid fd and asking for our pid are harmless.
@@ -787,20 +874,37 @@ fn a_wake_from_an_os_thread_reaches_fiber_and_kernel_waiters_alike() {
     let word = Arc::new(std::sync::atomic::AtomicU32::new(1));
     // A kernel waiter: an OS thread in a real FUTEX_WAIT.
     let w = word.clone();
-    let kernel_waiter = thread::spawn(move || futex(&w, libc::FUTEX_WAIT | PRIVATE, 1, std::ptr::null(), 0));
+    let kernel_waiter =
+        thread::spawn(move || futex(&w, libc::FUTEX_WAIT | PRIVATE, 1, std::ptr::null(), 0));
     fibra::run(|| {
         let w = word.clone();
-        let fiber_waiter = fibra::spawn(move || futex(&w, libc::FUTEX_WAIT | PRIVATE, 1, std::ptr::null(), 0));
+        let fiber_waiter =
+            fibra::spawn(move || futex(&w, libc::FUTEX_WAIT | PRIVATE, 1, std::ptr::null(), 0));
         fibra::yield_now();
         thread::sleep(Duration::from_millis(50)); // let the kernel waiter get into the kernel
         let w = word.clone();
-        let waker = thread::spawn(move || futex(&w, libc::FUTEX_WAKE | PRIVATE, i32::MAX as u32, std::ptr::null(), 0).0);
+        let waker = thread::spawn(move || {
+            futex(
+                &w,
+                libc::FUTEX_WAKE | PRIVATE,
+                i32::MAX as u32,
+                std::ptr::null(),
+                0,
+            )
+            .0
+        });
         assert_eq!(fiber_waiter.join().unwrap(), (0, 0));
-        assert_eq!(fibra::spawn(move || waker.join().unwrap()).join().unwrap(), 2);
+        assert_eq!(
+            fibra::spawn(move || waker.join().unwrap()).join().unwrap(),
+            2
+        );
     });
     assert_eq!(kernel_waiter.join().unwrap(), (0, 0));
     // Outside any fiber, a wake with no waiter at all is the kernel's: 0.
-    assert_eq!(futex(&word, libc::FUTEX_WAKE | PRIVATE, 1, std::ptr::null(), 0), (0, 0));
+    assert_eq!(
+        futex(&word, libc::FUTEX_WAKE | PRIVATE, 1, std::ptr::null(), 0),
+        (0, 0)
+    );
 }
 
 // ---- Deadlock diagnostics. ----
@@ -870,7 +974,11 @@ fn deadlock_is_reported_when_provable() {
         .and_then(|s| s.split("\nCHILD-REPORT-END").next())
         .unwrap_or_else(|| panic!("no report from the child: {stderr}"));
     assert!(report.contains("fibra: deadlock"), "{report}");
-    for name in ["'first' is waiting on a lock", "'second' is waiting on a lock", "'root' is joining fiber"] {
+    for name in [
+        "'first' is waiting on a lock",
+        "'second' is waiting on a lock",
+        "'root' is joining fiber",
+    ] {
         assert!(report.contains(name), "missing {name:?} in:\n{report}");
     }
 }
@@ -901,7 +1009,10 @@ fn a_possible_deadlock_is_warned_about_when_other_threads_exist() {
     thread::spawn(move || {
         use std::io::BufRead;
         let mut text = String::new();
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             text.push_str(&line);
             text.push('\n');
             if line.contains("fibra keeps waiting") {
@@ -944,9 +1055,13 @@ fn two_fibers_of_one_thread_blocked_in_parking_lot_abort_with_a_message() {
         return;
     }
     let _w = Watchdog::new(Duration::from_secs(30));
-    let out = common::run_child("two_fibers_of_one_thread_blocked_in_parking_lot_abort_with_a_message");
+    let out =
+        common::run_child("two_fibers_of_one_thread_blocked_in_parking_lot_abort_with_a_message");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("parking_lot"), "{stderr}");
-    assert!(stderr.contains("'pl-waiter-0'") && stderr.contains("'pl-waiter-1'"), "{stderr}");
+    assert!(
+        stderr.contains("'pl-waiter-0'") && stderr.contains("'pl-waiter-1'"),
+        "{stderr}"
+    );
 }

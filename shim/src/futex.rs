@@ -241,7 +241,7 @@ unsafe fn futex(args: [libc::c_long; 6]) -> libc::c_long {
             // Fiber waiters are woken rather than requeued: a waiter must tolerate a spurious
             // wake-up, and every futex user re-checks its word. The kernel requeues its own.
             if cmd == libc::FUTEX_CMP_REQUEUE && fiber_waiters_exist() {
-                if addr == 0 || !addr.is_multiple_of(4) {
+                if addr == 0 || addr & 3 != 0 {
                     return fail(if addr == 0 {
                         libc::EFAULT
                     } else {
@@ -314,7 +314,7 @@ fn fiber_wait(
     if addr == 0 {
         return Some(fail(libc::EFAULT));
     }
-    if !addr.is_multiple_of(4) || bitset == 0 {
+    if addr & 3 != 0 || bitset == 0 {
         return Some(fail(libc::EINVAL));
     }
     let deadline = match deadline_of(ts, cmd == libc::FUTEX_WAIT_BITSET, realtime) {

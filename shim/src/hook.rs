@@ -140,6 +140,19 @@ pub unsafe trait Hook {
     /// `fd` was closed (or replaced by `dup2`/`dup3`) by the calling fiber: fibers waiting on
     /// it must wake with `EBADF`.
     fn fd_closed(&self, fd: RawFd);
+
+    /// Answers one `getaddrinfo` call (see [`crate::dns`]) without blocking the thread: the
+    /// calling fiber parks while the lookup runs. Errors are `EAI_*` codes exactly as glibc would
+    /// return them for the same query.
+    ///
+    /// The default is glibc's own `getaddrinfo`, which blocks the whole thread; fibra overrides
+    /// it.
+    fn resolve(
+        &self,
+        query: &crate::dns::ResolveQuery<'_>,
+    ) -> Result<crate::dns::Resolved, crate::dns::GaiError> {
+        crate::dns::libc_resolve(query)
+    }
 }
 
 /// A blocking libc call handed to [`Hook::run_blocking`], for diagnostics.
@@ -147,6 +160,9 @@ pub unsafe trait Hook {
 pub enum BlockingCall {
     /// `pthread_join` of an OS thread.
     ThreadJoin,
+    /// glibc's own `getaddrinfo` (fibra's fallback when it has no usable resolver
+    /// configuration, or the query needs a glibc feature it does not replicate).
+    GetAddrInfo,
 }
 
 /// A set of I/O readiness kinds: what a wait is for, and what woke it.

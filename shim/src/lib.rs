@@ -9,6 +9,8 @@
 //! - [`dispatch`]: the per-thread slot holding the hook of the fiber that is running right now,
 //!   and the discipline that keeps hook code itself (and the scheduler) out of the hooks.
 //! - [`fd`]: the process-wide, lock-free table of what is known about each file descriptor.
+//! - [`dns`]: interposed `getaddrinfo`/`freeaddrinfo`, the query and answer types of
+//!   [`Hook::resolve`], and result lists laid out exactly as glibc's.
 //! - `time`, `fork`, `net`, `futex` (`syscall`), `thread` (`pthread_join`): the interposed symbols
 //!   themselves, one module per family.
 //!
@@ -25,6 +27,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod dispatch;
+pub mod dns;
 pub mod fd;
 mod fork;
 pub mod futex;
@@ -104,4 +107,6 @@ static INTERPOSED: Keep = Keep(&[
     net::fcntl64 as *const (),
     net::ioctl as *const (),
     net::setsockopt as *const (),
+    dns::getaddrinfo as *const (),
+    dns::freeaddrinfo as *const (),
 ]);

@@ -1,0 +1,553 @@
+//! The small executor that runs hickory's futures on a fiber scheduler.
+//!
+//! hickory-resolver is async; fibra's fibers are not. This module bridges the two with three
+//! pieces, all per thread and all on the scheduler's own loop (no thread, no tokio):
+//!
+//! - [`block_on`] polls a lookup future **inside the calling fiber**; while it is pending the
+//!   fiber parks, and the future's `Waker` unparks it.
+//! - **Background tasks** ([`spawn`]: hickory's per-connection exchange loops) live in a task
+//!   table. Whoever is polling here (a fiber in `block_on`, or the pump) runs the woken ones
+//!   right after its own poll, so a request sent to a task's channel is forwarded at once.
+//! - **The pump**, one fiber per thread, alive while some fiber is parked in `block_on`, owns
+//!   the waiting. Futures register interest in an fd ([`register_io`]) or a deadline
+//!   ([`register_timer`]) with their `Waker`. The fds go into the driver's own epoll instance
+//!   (one-shot, re-armed at each `WouldBlock`), and the pump parks on that one epoll fd through
+//!   the scheduler's [`Hook::wait_fd`] (nested epoll: the inner instance becomes readable when
+//!   any of its fds is ready), with the earliest timer as its deadline. Woken, it collects the
+//!   ready fds with a zero-timeout `epoll_wait` (cost per ready fd, not per registered fd),
+//!   fires due timers and wakes the wakers. An eventfd in the inner instance (the *doorbell*)
+//!   interrupts its wait when an earlier deadline is registered or the last lookup ends.
+//!
+//! The pump exits as soon as no fiber waits in `block_on`, so an idle resolver (an idle TCP
+//! connection, an unfired timer of a dropped future) never keeps `fibra::run` from returning.
+//!
+//! **Wakers** are `Send + Sync` (hickory requires it) but act only on the thread that owns the
+//! driver: every future, socket and timer here lives on that thread and hickory's channels wake
+//! from inside polls on it. A wake from another thread would be a bug in this design; it is
+//! caught by a debug assertion and otherwise only sets the atomic flag (the next poll of the
+//! task sees it), never touching the scheduler's `RefCell`s.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::ThreadId;
+
+use fibra_shim::{Deadline, Hook, Readiness};
+
+use crate::fiber::{WaitReason, WakeToken};
+use crate::scheduler::Scheduler;
+
+/// A background task: a boxed future and its waker.
+struct Task {
+    future: Pin<Box<dyn Future<Output = ()> + Send>>,
+    signal: Arc<TaskSignal>,
+    waker: Waker,
+}
+
+struct TaskSignal {
+    id: usize,
+    queued: AtomicBool,
+    thread: ThreadId,
+}
+
+impl Wake for TaskSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if std::thread::current().id() != self.thread {
+            debug_assert!(false, "fibra dns: a task was woken from another thread");
+            return;
+        }
+        let _ = DRIVER.try_with(|d| d.task_woken(self.id));
+    }
+}
+
+/// The waker of a fiber in [`block_on`].
+struct FiberSignal {
+    woken: AtomicBool,
+    /// The park to end, while the fiber is parked.
+    token: Mutex<Option<WakeToken>>,
+    thread: ThreadId,
+}
+
+impl Wake for FiberSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if std::thread::current().id() != self.thread {
+            debug_assert!(false, "fibra dns: a lookup was woken from another thread");
+            return;
+        }
+        let token = self.token.lock().map(|mut t| t.take()).unwrap_or(None);
+        if let (Some(token), Some(sched)) = (token, Scheduler::current()) {
+            sched.unpark(token, crate::fiber::Wake::Ready);
+        }
+    }
+}
+
+#[derive(Default)]
+struct IoInterest {
+    read: Option<Waker>,
+    write: Option<Waker>,
+    /// Known to the inner epoll instance.
+    added: bool,
+    /// The events it is armed for (0: disarmed, after a one-shot event fired).
+    armed: u32,
+}
+
+impl IoInterest {
+    fn wanted(&self) -> u32 {
+        (if self.read.is_some() {
+            libc::EPOLLIN as u32
+        } else {
+            0
+        }) | (if self.write.is_some() {
+            libc::EPOLLOUT as u32
+        } else {
+            0
+        })
+    }
+}
+
+/// Key of a registered timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct TimerKey(Deadline, u64);
+
+pub(crate) struct Driver {
+    tasks: RefCell<Vec<Option<Task>>>,
+    free_tasks: RefCell<Vec<usize>>,
+    ready: RefCell<VecDeque<usize>>,
+    timers: RefCell<BTreeMap<TimerKey, Waker>>,
+    next_timer: Cell<u64>,
+    io: RefCell<BTreeMap<RawFd, IoInterest>>,
+    /// Fibers parked in `block_on`.
+    waiting: Cell<usize>,
+    /// Nesting depth of polls running on this thread: ready tasks are run by them.
+    polling: Cell<usize>,
+    pump_running: Cell<bool>,
+    /// The deadline of the pump's current wait, while it is parked.
+    pump_parked: Cell<Option<Option<Deadline>>>,
+    rung: Cell<bool>,
+    doorbell: Cell<RawFd>,
+    /// The driver's own epoll instance, holding the doorbell and every registered fd.
+    epfd: Cell<RawFd>,
+}
+
+thread_local! {
+    static DRIVER: Driver = const { Driver::new() };
+}
+
+impl Driver {
+    const fn new() -> Driver {
+        Driver {
+            tasks: RefCell::new(Vec::new()),
+            free_tasks: RefCell::new(Vec::new()),
+            ready: RefCell::new(VecDeque::new()),
+            timers: RefCell::new(BTreeMap::new()),
+            next_timer: Cell::new(0),
+            io: RefCell::new(BTreeMap::new()),
+            waiting: Cell::new(0),
+            polling: Cell::new(0),
+            pump_running: Cell::new(false),
+            pump_parked: Cell::new(None),
+            rung: Cell::new(false),
+            doorbell: Cell::new(-1),
+            epfd: Cell::new(-1),
+        }
+    }
+
+    fn task_woken(&self, id: usize) {
+        self.ready.borrow_mut().push_back(id);
+        if self.polling.get() == 0 {
+            self.ring();
+        }
+    }
+
+    /// Wakes the pump out of its wait, once per wait.
+    fn ring(&self) {
+        if self.pump_parked.get().is_none() || self.rung.replace(true) {
+            return;
+        }
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid buffer to our eventfd (libc's own `write`: hook
+        // code runs with the dispatch slot empty).
+        unsafe { libc::write(self.doorbell.get(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Runs every queued background task once (and the ones they wake, until none is left).
+    fn run_ready_tasks(&self) {
+        self.polling.set(self.polling.get() + 1);
+        loop {
+            let next = self.ready.borrow_mut().pop_front();
+            let Some(id) = next else { break };
+            let task = self.tasks.borrow_mut().get_mut(id).and_then(Option::take);
+            let Some(mut task) = task else { continue };
+            task.signal.queued.store(false, Ordering::Release);
+            let waker = task.waker.clone();
+            let mut cx = Context::from_waker(&waker);
+            let done = task.future.as_mut().poll(&mut cx).is_ready();
+            if done {
+                drop(task);
+                self.free_tasks.borrow_mut().push(id);
+            } else {
+                self.tasks.borrow_mut()[id] = Some(task);
+            }
+        }
+        self.polling.set(self.polling.get() - 1);
+    }
+
+    fn fire_timers(&self) {
+        let now = Deadline::now();
+        loop {
+            let due = {
+                let mut timers = self.timers.borrow_mut();
+                match timers.first_key_value() {
+                    Some((key, _)) if key.0 <= now => timers.pop_first(),
+                    _ => None,
+                }
+            };
+            match due {
+                Some((_, waker)) => waker.wake(),
+                None => break,
+            }
+        }
+    }
+
+    /// Wakes the wakers of every registered fd that is ready now (a zero-timeout `epoll_wait`
+    /// on the inner instance, repeated until it comes back short).
+    fn dispatch_io(&self) {
+        let epfd = self.epfd.get();
+        if epfd < 0 {
+            return;
+        }
+        const BATCH: usize = 256;
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; BATCH];
+        loop {
+            // SAFETY: a valid epoll fd and event buffer; timeout 0 never blocks.
+            let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), BATCH as libc::c_int, 0) };
+            if n <= 0 {
+                return;
+            }
+            let mut wake = Vec::new();
+            {
+                let mut io = self.io.borrow_mut();
+                for ev in &events[..n as usize] {
+                    let fd = ev.u64 as RawFd;
+                    if fd == self.doorbell.get() {
+                        self.drain_doorbell();
+                        continue;
+                    }
+                    let Some(interest) = io.get_mut(&fd) else {
+                        continue;
+                    };
+                    let bits = ev.events;
+                    let failed = bits & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
+                    if bits & libc::EPOLLIN as u32 != 0 || failed {
+                        wake.extend(interest.read.take());
+                    }
+                    if bits & libc::EPOLLOUT as u32 != 0 || failed {
+                        wake.extend(interest.write.take());
+                    }
+                    // One-shot: the fd is disarmed now; keep waiting for what is still wanted.
+                    interest.armed = 0;
+                    arm(epfd, fd, interest);
+                }
+            }
+            for waker in wake {
+                waker.wake();
+            }
+            if (n as usize) < BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Creates the inner epoll instance and its doorbell on first use.
+    fn ensure_reactor(&self) -> bool {
+        if self.epfd.get() >= 0 {
+            return true;
+        }
+        // SAFETY: plain system calls; the fds are owned by the driver from here on.
+        unsafe {
+            let epfd = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+            if epfd < 0 {
+                return false;
+            }
+            let bell = libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
+            if bell < 0 {
+                libc::close(epfd);
+                return false;
+            }
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: bell as u64,
+            };
+            if libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, bell, &mut ev) != 0 {
+                libc::close(bell);
+                libc::close(epfd);
+                return false;
+            }
+            self.doorbell.set(bell);
+            self.epfd.set(epfd);
+        }
+        true
+    }
+
+    fn drain_doorbell(&self) {
+        let mut value: u64 = 0;
+        // SAFETY: reads 8 bytes into a valid buffer from our non-blocking eventfd.
+        unsafe { libc::read(self.doorbell.get(), (&mut value as *mut u64).cast(), 8) };
+    }
+
+    /// Starts the pump fiber unless it runs already.
+    fn ensure_pump(&'static self, sched: &Scheduler) {
+        if self.pump_running.get() || !self.ensure_reactor() {
+            return;
+        }
+        self.pump_running.set(true);
+        let body = move || fibra_shim::without_hook(|| self.pump());
+        // SAFETY: the body is 'static (it refers to the thread's driver, which outlives every
+        // scheduler run on this thread).
+        let spawned = unsafe { sched.spawn_raw(Some("fibra-dns".to_owned()), PUMP_STACK, body) };
+        if spawned.is_err() {
+            self.pump_running.set(false);
+        }
+    }
+
+    fn pump(&self) {
+        let Some(sched) = Scheduler::current() else {
+            self.pump_running.set(false);
+            return;
+        };
+        loop {
+            self.fire_timers();
+            self.dispatch_io();
+            self.run_ready_tasks();
+            if self.waiting.get() == 0 {
+                break;
+            }
+            let deadline = self.timers.borrow().first_key_value().map(|(k, _)| k.0);
+            self.rung.set(false);
+            self.pump_parked.set(Some(deadline));
+            let _ = Hook::wait_fd(sched, self.epfd.get(), Readiness::READABLE, deadline);
+            self.pump_parked.set(None);
+        }
+        self.pump_running.set(false);
+    }
+}
+
+/// The pump polls hickory's futures (and their background tasks): give it a std-sized stack.
+const PUMP_STACK: usize = 256 * 1024;
+
+/// Why [`block_on`] gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interrupted {
+    /// `deadline` passed first.
+    TimedOut,
+}
+
+/// Runs `future` to completion inside the calling fiber, parking it while the future is
+/// pending; gives up (dropping the future, and with it every socket and timer it holds) when
+/// `deadline` passes. Must be called inside a fiber, with the dispatch slot empty.
+pub(crate) fn block_on<F: Future>(
+    sched: &Scheduler,
+    future: F,
+    deadline: Option<Deadline>,
+) -> Result<F::Output, Interrupted> {
+    DRIVER.with(|driver| {
+        // SAFETY: the thread-local outlives every fiber of this thread's schedulers (it is
+        // destroyed at thread exit, after `run` returned).
+        let driver: &'static Driver = unsafe { &*(driver as *const Driver) };
+        let signal = Arc::new(FiberSignal {
+            woken: AtomicBool::new(false),
+            token: Mutex::new(None),
+            thread: std::thread::current().id(),
+        });
+        let waker = Waker::from(Arc::clone(&signal));
+        let mut cx = Context::from_waker(&waker);
+        driver.polling.set(driver.polling.get() + 1);
+        // The future lives in this block: it is dropped (closing its sockets, cancelling its
+        // timers) at the block's end, while still counted as polling.
+        let result = {
+            let mut future = std::pin::pin!(future);
+            loop {
+                signal.woken.store(false, Ordering::Release);
+                if let Poll::Ready(value) = future.as_mut().poll(&mut cx) {
+                    break Ok(value);
+                }
+                driver.run_ready_tasks();
+                if signal.woken.load(Ordering::Acquire) {
+                    continue;
+                }
+                if deadline.is_some_and(|d| d <= Deadline::now()) {
+                    break Err(Interrupted::TimedOut);
+                }
+                driver.ensure_pump(sched);
+                let token = sched.prepare_park();
+                *signal.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
+                driver.waiting.set(driver.waiting.get() + 1);
+                driver.polling.set(driver.polling.get() - 1);
+                sched.park_until(token, WaitReason::Resolve, deadline);
+                driver.polling.set(driver.polling.get() + 1);
+                driver.waiting.set(driver.waiting.get() - 1);
+                signal
+                    .token
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+            }
+        };
+        // Run whatever dropping the future woke.
+        driver.run_ready_tasks();
+        driver.polling.set(driver.polling.get() - 1);
+        if driver.waiting.get() == 0 {
+            driver.ring();
+        }
+        result
+    })
+}
+
+/// Adds a background task; it is first polled by whoever polls next on this thread.
+pub(crate) fn spawn(future: impl Future<Output = ()> + Send + 'static) {
+    let _ = DRIVER.try_with(|driver| {
+        let id = match driver.free_tasks.borrow_mut().pop() {
+            Some(id) => id,
+            None => {
+                let mut tasks = driver.tasks.borrow_mut();
+                tasks.push(None);
+                tasks.len() - 1
+            }
+        };
+        let signal = Arc::new(TaskSignal {
+            id,
+            queued: AtomicBool::new(false),
+            thread: std::thread::current().id(),
+        });
+        let waker = Waker::from(Arc::clone(&signal));
+        driver.tasks.borrow_mut()[id] = Some(Task {
+            future: Box::pin(future),
+            signal: Arc::clone(&signal),
+            waker,
+        });
+        signal.wake_by_ref();
+    });
+}
+
+/// Wakes `waker` once `fd` may be ready for `interest` (one direction at a time).
+pub(crate) fn register_io(fd: RawFd, interest: Readiness, waker: &Waker) {
+    let _ = DRIVER.try_with(|driver| {
+        if !driver.ensure_reactor() {
+            // No epoll instance (out of fds): wake at once; the caller retries its call.
+            waker.wake_by_ref();
+            return;
+        }
+        let mut io = driver.io.borrow_mut();
+        let entry = io.entry(fd).or_default();
+        let slot = if interest.intersects(Readiness::READABLE) {
+            &mut entry.read
+        } else {
+            &mut entry.write
+        };
+        match slot {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+        if !arm(driver.epfd.get(), fd, entry) {
+            drop(io);
+            waker.wake_by_ref();
+        }
+    });
+}
+
+/// Arms `fd` in the inner epoll instance for what `interest` still wants (one-shot). Returns
+/// false when epoll refuses the fd.
+fn arm(epfd: RawFd, fd: RawFd, interest: &mut IoInterest) -> bool {
+    let wanted = interest.wanted();
+    if wanted == 0 || wanted == interest.armed {
+        return true;
+    }
+    let mut ev = libc::epoll_event {
+        events: wanted | libc::EPOLLONESHOT as u32,
+        u64: fd as u64,
+    };
+    let (first, second) = if interest.added {
+        (libc::EPOLL_CTL_MOD, libc::EPOLL_CTL_ADD)
+    } else {
+        (libc::EPOLL_CTL_ADD, libc::EPOLL_CTL_MOD)
+    };
+    // SAFETY: valid fds and event; a stale record (the fd was closed and its number reused)
+    // makes the first operation fail, and the other one then succeeds.
+    let ok = unsafe {
+        libc::epoll_ctl(epfd, first, fd, &mut ev) == 0
+            || libc::epoll_ctl(epfd, second, fd, &mut ev) == 0
+    };
+    if ok {
+        interest.added = true;
+        interest.armed = wanted;
+    }
+    ok
+}
+
+/// Forgets every interest in `fd` (it is about to be closed).
+pub(crate) fn deregister_io(fd: RawFd) {
+    let _ = DRIVER.try_with(|driver| {
+        if let Some(interest) = driver.io.borrow_mut().remove(&fd)
+            && interest.added
+        {
+            // SAFETY: removing our own registration of an fd that is still open.
+            unsafe {
+                libc::epoll_ctl(
+                    driver.epfd.get(),
+                    libc::EPOLL_CTL_DEL,
+                    fd,
+                    std::ptr::null_mut(),
+                )
+            };
+        }
+    });
+}
+
+/// Wakes `waker` at `deadline`. Returns the key to update or cancel it with.
+pub(crate) fn register_timer(deadline: Deadline, waker: &Waker) -> Option<TimerKey> {
+    DRIVER
+        .try_with(|driver| {
+            let seq = driver.next_timer.get();
+            driver.next_timer.set(seq + 1);
+            let key = TimerKey(deadline, seq);
+            driver.timers.borrow_mut().insert(key, waker.clone());
+            if let Some(wait) = driver.pump_parked.get()
+                && wait.is_none_or(|d| deadline < d)
+            {
+                driver.ring();
+            }
+            key
+        })
+        .ok()
+}
+
+/// Replaces the waker of a registered timer (a future polled with a new context).
+pub(crate) fn update_timer(key: TimerKey, waker: &Waker) {
+    let _ = DRIVER.try_with(|driver| {
+        if let Some(w) = driver.timers.borrow_mut().get_mut(&key)
+            && !w.will_wake(waker)
+        {
+            *w = waker.clone();
+        }
+    });
+}
+
+/// Cancels a timer (its future was dropped or completed).
+pub(crate) fn cancel_timer(key: TimerKey) {
+    let _ = DRIVER.try_with(|driver| driver.timers.borrow_mut().remove(&key));
+}

@@ -1,0 +1,336 @@
+//! Name resolution in fibers: `getaddrinfo` answered on the scheduler's own loop.
+//!
+//! The shim hands every `getaddrinfo` made in a fiber to [`resolve`] (through
+//! `Hook::resolve`). The query goes through glibc's exact semantics ([`gai`]); host names are
+//! looked up in `/etc/hosts` ([`hosts`]) and with hickory-resolver, whose futures run inside the
+//! calling fiber on fibra's runtime ([`runtime`], [`driver`]): a thousand concurrent lookups
+//! are a thousand parked fibers and a thousand UDP sockets in the loop's epoll, not threads.
+//!
+//! Each thread has its own resolver (and so its own cache), built from [`config`] at the first
+//! lookup and rebuilt when a setting changes. When there is no usable configuration, or the
+//! query needs something only glibc does (IDN flags, NSS sources other than `files` and `dns`),
+//! glibc's own `getaddrinfo` runs on a helper thread while the fiber parks. Nothing here
+//! panics into the shim: a panic is caught and reported as `EAI_FAIL`.
+
+mod config;
+mod driver;
+mod gai;
+mod hosts;
+mod runtime;
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::Arc;
+
+use fibra_shim::dns::{GaiError, ResolveQuery, Resolved};
+use fibra_shim::{BlockingCall, Hook};
+use hickory_resolver::Resolver;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
+
+use crate::scheduler::Scheduler;
+
+use config::{Plan, Source};
+pub use config::{
+    reset_nameservers, reset_thread_nameservers, set_nameservers, set_thread_nameservers,
+};
+use gai::{Family, HostAnswer, HostLookup};
+
+type FibraResolver = Resolver<runtime::FibraRuntime>;
+
+/// The calling thread's resolver state.
+struct State {
+    generation: (u64, u64),
+    plan: Built,
+    hosts: hosts::HostsFile,
+}
+
+enum Built {
+    Own {
+        resolver: Arc<FibraResolver>,
+        order: Vec<Source>,
+    },
+    Glibc(String),
+}
+
+thread_local! {
+    static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
+}
+
+/// Drops the calling thread's resolver and its cache; the next lookup builds a fresh one.
+pub fn clear_cache() {
+    let state = STATE.with(|s| s.borrow_mut().take());
+    drop(state);
+}
+
+/// Answers a `getaddrinfo` made by the running fiber of `sched` (the shim's `Hook::resolve`).
+pub(crate) fn resolve(sched: &Scheduler, query: &ResolveQuery<'_>) -> Result<Resolved, GaiError> {
+    match catch_unwind(AssertUnwindSafe(|| resolve_in_fiber(sched, query))) {
+        Ok(result) => result,
+        // The panic hook has reported it; a hook must not unwind into the caller's C frames.
+        Err(_) => Err(GaiError::eai(libc::EAI_FAIL)),
+    }
+}
+
+fn resolve_in_fiber(sched: &Scheduler, query: &ResolveQuery<'_>) -> Result<Resolved, GaiError> {
+    if gai::needs_glibc(query) {
+        return glibc_on_helper(sched, query);
+    }
+    let generation = config::generation();
+    let (resolver, order) = STATE.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.as_ref().is_none_or(|s| s.generation != generation) {
+            let plan = match config::plan() {
+                Plan::Own {
+                    config,
+                    options,
+                    order,
+                } => {
+                    let mut builder =
+                        FibraResolver::builder_with_config(*config, runtime::FibraRuntime);
+                    *builder.options_mut() = *options;
+                    match builder.build() {
+                        Ok(resolver) => Built::Own {
+                            resolver: Arc::new(resolver),
+                            order,
+                        },
+                        Err(e) => Built::Glibc(format!("hickory-resolver: {e}")),
+                    }
+                }
+                Plan::Glibc(reason) => Built::Glibc(reason),
+            };
+            if let Built::Glibc(reason) = &plan {
+                tracing::debug!(%reason, "fibra dns: lookups run glibc's getaddrinfo on a helper thread");
+            }
+            *cell = Some(State {
+                generation,
+                plan,
+                hosts: hosts::HostsFile::default(),
+            });
+        }
+        let state = cell.as_mut().expect("just built");
+        match &state.plan {
+            Built::Own { resolver, order } => {
+                if order.contains(&Source::Files) {
+                    state.hosts.refresh(Path::new("/etc/hosts"));
+                }
+                Some((Arc::clone(resolver), order.clone()))
+            }
+            Built::Glibc(_) => None,
+        }
+    })
+    .map_or((None, Vec::new()), |(r, o)| (Some(r), o));
+    let Some(resolver) = resolver else {
+        return glibc_on_helper(sched, query);
+    };
+    let mut lookup = NssLookup {
+        sched,
+        resolver,
+        order,
+    };
+    gai::getaddrinfo(query, &mut lookup)
+}
+
+/// glibc's `getaddrinfo`, run on a helper thread while the calling fiber parks.
+fn glibc_on_helper(sched: &Scheduler, query: &ResolveQuery<'_>) -> Result<Resolved, GaiError> {
+    struct Slot(Option<Result<Resolved, GaiError>>);
+    // SAFETY: the result holds a glibc list (plain heap memory) handed from the helper thread
+    // to this one; nothing in it is tied to the thread that made it.
+    unsafe impl Send for Slot {}
+    impl Slot {
+        fn fill(&mut self, query: &ResolveQuery<'_>) {
+            self.0 = Some(fibra_shim::dns::libc_resolve(query));
+        }
+    }
+    let mut slot = Slot(None);
+    let query = *query;
+    let mut call = || slot.fill(&query);
+    Hook::run_blocking(sched, &mut call, BlockingCall::GetAddrInfo);
+    slot.0.unwrap_or(Err(GaiError::eai(libc::EAI_FAIL)))
+}
+
+/// The NSS `hosts` database as fibra implements it: `/etc/hosts` and DNS, in nsswitch order.
+struct NssLookup<'a> {
+    sched: &'a Scheduler,
+    resolver: Arc<FibraResolver>,
+    order: Vec<Source>,
+}
+
+impl NssLookup<'_> {
+    fn ask(&self, source: Source, name: &str, family: Family) -> HostAnswer {
+        match source {
+            Source::Files => STATE.with(|s| {
+                s.borrow()
+                    .as_ref()
+                    .map_or(HostAnswer::NotFound, |s| s.hosts.lookup(name, family))
+            }),
+            Source::Dns => {
+                let resolver = Arc::clone(&self.resolver);
+                let name = name.to_owned();
+                // No deadline of its own: hickory's time-outs and attempts (from resolv.conf)
+                // bound the lookup. A caller-imposed deadline or cancellation ends `block_on`
+                // with `Interrupted`, dropping every socket and timer of the lookup, and is
+                // reported as EAI_AGAIN.
+                match driver::block_on(self.sched, dns_lookup(resolver, name, family), None) {
+                    Ok(answer) => answer,
+                    Err(driver::Interrupted::TimedOut) => HostAnswer::TryAgain,
+                }
+            }
+        }
+    }
+}
+
+impl HostLookup for NssLookup<'_> {
+    fn lookup(&mut self, name: &str, family: Family) -> Result<HostAnswer, GaiError> {
+        let mut answer = HostAnswer::NotFound;
+        for &source in &self.order {
+            answer = self.ask(source, name, family);
+            // glibc's default actions: only SUCCESS returns; every other status continues.
+            if matches!(answer, HostAnswer::Found { .. }) {
+                break;
+            }
+        }
+        Ok(answer)
+    }
+
+    fn lookup_mapped(
+        &mut self,
+        name: &str,
+        all: bool,
+    ) -> Result<(HostAnswer, HostAnswer), GaiError> {
+        let mut answers = (HostAnswer::NotFound, HostAnswer::NotFound);
+        for &source in &self.order {
+            let six = self.ask(source, name, Family::V6);
+            let found_six = matches!(six, HostAnswer::Found { .. });
+            let four = if all || !found_six {
+                self.ask(source, name, Family::V4)
+            } else {
+                HostAnswer::NotFound
+            };
+            let found = found_six || matches!(four, HostAnswer::Found { .. });
+            answers = (six, four);
+            if found {
+                break;
+            }
+        }
+        Ok(answers)
+    }
+}
+
+/// One family's DNS lookup, classified as glibc's `dns` NSS module would.
+async fn dns_query(resolver: &FibraResolver, name: &Name, record: RecordType) -> HostAnswer {
+    match resolver.lookup(name.clone(), record).await {
+        Ok(lookup) => {
+            let mut addrs = Vec::new();
+            let mut canonical = None;
+            for rec in lookup.answers() {
+                let ip = match (&rec.data, record) {
+                    (RData::A(a), RecordType::A) => IpAddr::V4(a.0),
+                    (RData::AAAA(a), RecordType::AAAA) => IpAddr::V6(a.0),
+                    _ => continue,
+                };
+                canonical.get_or_insert_with(|| rec.name.to_ascii());
+                if !addrs.contains(&ip) {
+                    addrs.push(ip);
+                }
+            }
+            match canonical {
+                Some(canonical) => HostAnswer::Found {
+                    addrs,
+                    canonical: canonical.trim_end_matches('.').to_owned(),
+                },
+                None => HostAnswer::NoData,
+            }
+        }
+        Err(e) => classify(&e),
+    }
+}
+
+/// glibc's `h_errno` for a failed query: NXDOMAIN is `HOST_NOT_FOUND`; an empty NOERROR answer
+/// is `NO_DATA`; SERVFAIL, time-outs and unreachable servers are `TRY_AGAIN`; FORMERR, NOTIMP,
+/// REFUSED and the rest are `NO_RECOVERY`, which `getaddrinfo` reports like a missing name.
+fn classify(error: &NetError) -> HostAnswer {
+    match error {
+        NetError::Dns(DnsError::NoRecordsFound(nr)) => {
+            if nr.response_code == ResponseCode::NXDomain {
+                HostAnswer::NotFound
+            } else {
+                HostAnswer::NoData
+            }
+        }
+        NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail)) => HostAnswer::TryAgain,
+        NetError::Dns(_) => HostAnswer::NotFound,
+        NetError::Proto(_) => HostAnswer::NotFound,
+        _ => HostAnswer::TryAgain,
+    }
+}
+
+async fn dns_lookup(resolver: Arc<FibraResolver>, name: String, family: Family) -> HostAnswer {
+    let Ok(name) = Name::from_str_relaxed(&name) else {
+        // Not a valid DNS name (glibc: res_mkquery fails, NO_RECOVERY).
+        return HostAnswer::NotFound;
+    };
+    match family {
+        Family::V4 => dns_query(&resolver, &name, RecordType::A).await,
+        Family::V6 => dns_query(&resolver, &name, RecordType::AAAA).await,
+        Family::Any => {
+            // A and AAAA in parallel, as glibc's gethostbyname4_r; IPv4 answers first.
+            let (a, aaaa) = join(
+                Box::pin(dns_query(&resolver, &name, RecordType::A)),
+                Box::pin(dns_query(&resolver, &name, RecordType::AAAA)),
+            )
+            .await;
+            merge(a, aaaa)
+        }
+    }
+}
+
+fn merge(a: HostAnswer, aaaa: HostAnswer) -> HostAnswer {
+    match (a, aaaa) {
+        (
+            HostAnswer::Found {
+                mut addrs,
+                canonical,
+            },
+            HostAnswer::Found { addrs: more, .. },
+        ) => {
+            addrs.extend(more);
+            HostAnswer::Found { addrs, canonical }
+        }
+        (found @ HostAnswer::Found { .. }, _) | (_, found @ HostAnswer::Found { .. }) => found,
+        (HostAnswer::TryAgain, HostAnswer::TryAgain) => HostAnswer::TryAgain,
+        (HostAnswer::NotFound, _) | (_, HostAnswer::NotFound) => HostAnswer::NotFound,
+        _ => HostAnswer::NoData,
+    }
+}
+
+/// Polls two futures until both are done.
+async fn join<A: std::future::Future + Unpin, B: std::future::Future + Unpin>(
+    mut a: A,
+    mut b: B,
+) -> (A::Output, B::Output) {
+    let mut ra = None;
+    let mut rb = None;
+    std::future::poll_fn(|cx| {
+        if ra.is_none()
+            && let std::task::Poll::Ready(v) = std::pin::Pin::new(&mut a).poll(cx)
+        {
+            ra = Some(v);
+        }
+        if rb.is_none()
+            && let std::task::Poll::Ready(v) = std::pin::Pin::new(&mut b).poll(cx)
+        {
+            rb = Some(v);
+        }
+        if ra.is_some() && rb.is_some() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    (ra.expect("ready"), rb.expect("ready"))
+}

@@ -1,0 +1,828 @@
+//! Name resolution in fibers: `getaddrinfo` answered by hickory-resolver on the loop, with
+//! glibc's results, errors and memory layout.
+//!
+//! Lookups that need DNS go to a name server started by the test itself ([`TestServer`], built
+//! from hickory-proto message types on 127.0.0.1 with an ephemeral port), selected with
+//! `fibra::dns::set_thread_nameservers` so that tests running in parallel threads do not share
+//! it. Everything that glibc can answer without the network (numeric hosts, `/etc/hosts`,
+//! services, hint errors) is compared field by field with glibc's own answer.
+
+mod common;
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::ffi::{CStr, CString};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::ptr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Watchdog;
+use hickory_resolver::proto::op::{Message, ResponseCode};
+use hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME, SOA};
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+
+// --- the test name server -------------------------------------------------------------------
+
+/// Answers waiting for their send time: (due, bytes, peer), in due order (the delay is fixed).
+type Outbox = (Mutex<VecDeque<(Instant, Vec<u8>, SocketAddr)>>, Condvar);
+
+/// A UDP name server on 127.0.0.1 that answers every query after `delay`:
+/// - `hostN.test`: A 10.0.(N/256).(N%256), no AAAA (NOERROR, empty);
+/// - `both.test`: A 10.1.1.1 and AAAA fd00::1;
+/// - `v6only.test`: AAAA fd00::6 only;
+/// - `alias.test`: CNAME `target.test`, whose A is 10.9.9.9;
+/// - `nodata.test`: exists, no addresses;
+/// - `servfail.test`: SERVFAIL;
+/// - anything else: NXDOMAIN.
+struct TestServer {
+    addr: SocketAddr,
+    queries: Arc<AtomicUsize>,
+}
+
+impl TestServer {
+    fn start(delay: Duration) -> TestServer {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind the test name server");
+        let addr = socket.local_addr().unwrap();
+        let queries = Arc::new(AtomicUsize::new(0));
+        let outbox: Arc<Outbox> = Arc::default();
+        let sender_socket = socket.try_clone().unwrap();
+        let sender_outbox = Arc::clone(&outbox);
+        std::thread::Builder::new()
+            .name("dns-test-sender".into())
+            .spawn(move || {
+                loop {
+                    let (due, bytes, peer) = {
+                        let (lock, cv) = &*sender_outbox;
+                        let mut queue = lock.lock().unwrap();
+                        loop {
+                            if let Some(item) = queue.pop_front() {
+                                break item;
+                            }
+                            queue = cv.wait(queue).unwrap();
+                        }
+                    };
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    let _ = sender_socket.send_to(&bytes, peer);
+                }
+            })
+            .unwrap();
+        let counter = Arc::clone(&queries);
+        std::thread::Builder::new()
+            .name("dns-test-server".into())
+            .spawn(move || {
+                let mut buf = [0u8; 1500];
+                loop {
+                    let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    let Ok(query) = Message::from_vec(&buf[..n]) else {
+                        continue;
+                    };
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let reply = answer(&query);
+                    let (lock, cv) = &*outbox;
+                    lock.lock()
+                        .unwrap()
+                        .push_back((Instant::now() + delay, reply, peer));
+                    cv.notify_one();
+                }
+            })
+            .unwrap();
+        TestServer { addr, queries }
+    }
+
+    fn queries(&self) -> usize {
+        self.queries.load(Ordering::SeqCst)
+    }
+}
+
+fn answer(query: &Message) -> Vec<u8> {
+    let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
+    reply.metadata.recursion_desired = query.metadata.recursion_desired;
+    reply.metadata.recursion_available = true;
+    reply.metadata.authoritative = true;
+    let Some(q) = query.queries.first() else {
+        reply.metadata.response_code = ResponseCode::FormErr;
+        return reply.to_vec().unwrap();
+    };
+    reply.add_query(q.clone());
+    let name = q.name.to_ascii().to_ascii_lowercase();
+    let owner = q.name.clone();
+    let rtype = q.query_type;
+    let a = |owner: &Name, ip: Ipv4Addr| Record::from_rdata(owner.clone(), 60, RData::A(A(ip)));
+    let aaaa =
+        |owner: &Name, ip: Ipv6Addr| Record::from_rdata(owner.clone(), 60, RData::AAAA(AAAA(ip)));
+    match name.as_str() {
+        "both.test." => match rtype {
+            RecordType::A => {
+                reply.add_answer(a(&owner, Ipv4Addr::new(10, 1, 1, 1)));
+            }
+            RecordType::AAAA => {
+                reply.add_answer(aaaa(&owner, "fd00::1".parse().unwrap()));
+            }
+            _ => {}
+        },
+        "v6only.test." => {
+            if rtype == RecordType::AAAA {
+                reply.add_answer(aaaa(&owner, "fd00::6".parse().unwrap()));
+            }
+        }
+        "alias.test." => {
+            let target = Name::from_ascii("target.test.").unwrap();
+            reply.add_answer(Record::from_rdata(
+                owner.clone(),
+                60,
+                RData::CNAME(CNAME(target.clone())),
+            ));
+            if rtype == RecordType::A {
+                reply.add_answer(a(&target, Ipv4Addr::new(10, 9, 9, 9)));
+            }
+        }
+        "nodata.test." => {}
+        "servfail.test." => reply.metadata.response_code = ResponseCode::ServFail,
+        other => match other
+            .strip_prefix("host")
+            .and_then(|rest| rest.strip_suffix(".test."))
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            Some(n) => {
+                if rtype == RecordType::A {
+                    reply.add_answer(a(&owner, host_ip(n)));
+                }
+            }
+            None => reply.metadata.response_code = ResponseCode::NXDomain,
+        },
+    }
+    if reply.answers.is_empty() && reply.metadata.response_code != ResponseCode::ServFail {
+        // Negative answers carry the zone's SOA, whose minimum is the negative-cache TTL.
+        let zone = Name::from_ascii("test.").unwrap();
+        let soa = SOA::new(
+            Name::from_ascii("ns.test.").unwrap(),
+            Name::from_ascii("admin.test.").unwrap(),
+            1,
+            3600,
+            600,
+            86400,
+            60,
+        );
+        reply.add_authority(Record::from_rdata(zone, 60, RData::SOA(soa)));
+    }
+    reply.to_vec().unwrap()
+}
+
+fn host_ip(n: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, (n / 256) as u8, (n % 256) as u8)
+}
+
+// --- getaddrinfo helpers --------------------------------------------------------------------
+
+/// One node of an addrinfo list, as plain values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Node {
+    flags: i32,
+    family: i32,
+    socktype: i32,
+    protocol: i32,
+    addrlen: u32,
+    addr: Vec<u8>,
+    canonname: Option<String>,
+}
+
+type Gai = unsafe fn(
+    *const libc::c_char,
+    *const libc::c_char,
+    *const libc::addrinfo,
+    *mut *mut libc::addrinfo,
+) -> libc::c_int;
+
+/// The interposed `getaddrinfo` (fibra's in a fiber, glibc's outside).
+fn interposed() -> Gai {
+    // SAFETY (wrapper): forwards the caller's arguments unchanged.
+    |n, s, h, r| unsafe { libc::getaddrinfo(n, s, h, r) }
+}
+
+/// The interposed `freeaddrinfo`.
+unsafe fn free_interposed(list: *mut libc::addrinfo) {
+    // SAFETY: the caller passes a list from getaddrinfo.
+    unsafe { libc::freeaddrinfo(list) }
+}
+
+/// glibc's own `getaddrinfo`, bypassing the interposition.
+fn glibc() -> Gai {
+    fibra_shim::real::getaddrinfo
+}
+
+fn hints(flags: i32, family: i32, socktype: i32, protocol: i32) -> libc::addrinfo {
+    // SAFETY: all-zero is a valid addrinfo.
+    let mut h: libc::addrinfo = unsafe { std::mem::zeroed() };
+    h.ai_flags = flags;
+    h.ai_family = family;
+    h.ai_socktype = socktype;
+    h.ai_protocol = protocol;
+    h
+}
+
+/// Calls `gai` and returns the list as values (freeing it with `free`), or the error code.
+fn call(
+    gai: Gai,
+    node: Option<&str>,
+    service: Option<&str>,
+    hints: Option<&libc::addrinfo>,
+    free: unsafe fn(*mut libc::addrinfo),
+) -> Result<Vec<Node>, i32> {
+    let node = node.map(|s| CString::new(s).unwrap());
+    let service = service.map(|s| CString::new(s).unwrap());
+    let mut res: *mut libc::addrinfo = ptr::null_mut();
+    // SAFETY: valid C strings or null, valid hints or null, a writable result pointer.
+    let rc = unsafe {
+        gai(
+            node.as_ref().map_or(ptr::null(), |s| s.as_ptr()),
+            service.as_ref().map_or(ptr::null(), |s| s.as_ptr()),
+            hints.map_or(ptr::null(), |h| h as *const _),
+            &mut res,
+        )
+    };
+    if rc != 0 {
+        return Err(rc);
+    }
+    let nodes = read_list(res);
+    // SAFETY: the list just returned.
+    unsafe { free(res) };
+    Ok(nodes)
+}
+
+fn read_list(res: *const libc::addrinfo) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    let mut cur = res;
+    while !cur.is_null() {
+        // SAFETY: walking a list getaddrinfo returned.
+        let ai = unsafe { &*cur };
+        // glibc's layout: the address right after the node.
+        // SAFETY: as above.
+        assert_eq!(ai.ai_addr.cast::<libc::addrinfo>().cast_const(), unsafe {
+            cur.add(1)
+        });
+        // SAFETY: ai_addr holds ai_addrlen bytes.
+        let addr =
+            unsafe { std::slice::from_raw_parts(ai.ai_addr.cast::<u8>(), ai.ai_addrlen as usize) }
+                .to_vec();
+        let canonname = (!ai.ai_canonname.is_null()).then(|| {
+            // SAFETY: a C string in the list.
+            unsafe { CStr::from_ptr(ai.ai_canonname) }
+                .to_string_lossy()
+                .into_owned()
+        });
+        nodes.push(Node {
+            flags: ai.ai_flags,
+            family: ai.ai_family,
+            socktype: ai.ai_socktype,
+            protocol: ai.ai_protocol,
+            addrlen: ai.ai_addrlen,
+            addr,
+            canonname,
+        });
+        cur = ai.ai_next;
+    }
+    nodes
+}
+
+fn ips(nodes: &[Node]) -> Vec<IpAddr> {
+    nodes
+        .iter()
+        .map(|n| match n.family {
+            libc::AF_INET => IpAddr::V4(Ipv4Addr::new(n.addr[4], n.addr[5], n.addr[6], n.addr[7])),
+            _ => IpAddr::V6(Ipv6Addr::from(
+                <[u8; 16]>::try_from(&n.addr[8..24]).unwrap(),
+            )),
+        })
+        .collect()
+}
+
+fn in_fiber<T: 'static>(f: impl FnOnce() -> T + 'static) -> T {
+    fibra::run(f)
+}
+
+const EAI_NODATA: i32 = -5;
+const EAI_ADDRFAMILY: i32 = -9;
+
+// --- tests ----------------------------------------------------------------------------------
+
+/// Queries glibc answers without the network, compared field by field (addresses, ports,
+/// order, flags, canonical names, error codes) with glibc's own answer outside any fiber.
+#[test]
+fn matches_glibc_for_a_table_of_queries() {
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    use libc::{
+        AF_INET, AF_INET6, AF_UNSPEC, AI_ADDRCONFIG, AI_ALL, AI_CANONNAME, AI_NUMERICHOST,
+        AI_NUMERICSERV, AI_PASSIVE, AI_V4MAPPED, IPPROTO_TCP, IPPROTO_UDP, SOCK_DGRAM, SOCK_RAW,
+        SOCK_STREAM,
+    };
+    type Case = (
+        Option<&'static str>,
+        Option<&'static str>,
+        Option<(i32, i32, i32, i32)>,
+    );
+    let cases: Vec<Case> = vec![
+        (Some("127.0.0.1"), None, None),
+        (Some("127.0.0.1"), Some("80"), Some((0, AF_UNSPEC, 0, 0))),
+        (
+            Some("127.1"),
+            Some("http"),
+            Some((0, AF_UNSPEC, SOCK_STREAM, 0)),
+        ),
+        (
+            Some("0x7f.1"),
+            Some("53"),
+            Some((AI_CANONNAME, AF_INET, 0, 0)),
+        ),
+        (
+            Some("1.2.3.4 "),
+            None,
+            Some((AI_NUMERICHOST, AF_UNSPEC, 0, 0)),
+        ),
+        (
+            Some("::1"),
+            Some("443"),
+            Some((0, AF_UNSPEC, SOCK_STREAM, 0)),
+        ),
+        (Some("::1"), None, Some((0, AF_INET, 0, 0))),
+        (Some("::ffff:10.1.2.3"), None, Some((0, AF_INET, 0, 0))),
+        (Some("10.1.2.3"), None, Some((0, AF_INET6, 0, 0))),
+        (Some("10.1.2.3"), None, Some((AI_V4MAPPED, AF_INET6, 0, 0))),
+        (
+            Some("fe80::1%1"),
+            Some("22"),
+            Some((AI_NUMERICHOST, AF_INET6, SOCK_STREAM, 0)),
+        ),
+        (
+            Some("fe80::1%lo"),
+            None,
+            Some((AI_NUMERICHOST, AF_INET6, SOCK_DGRAM, 0)),
+        ),
+        (
+            Some("fe80::1%nosuchif"),
+            None,
+            Some((AI_NUMERICHOST, AF_INET6, 0, 0)),
+        ),
+        (Some("localhost"), Some("domain"), None),
+        (
+            Some("localhost"),
+            Some("domain"),
+            Some((AI_CANONNAME, AF_UNSPEC, 0, 0)),
+        ),
+        (
+            Some("LOCALHOST"),
+            Some("ssh"),
+            Some((AI_CANONNAME, AF_INET, SOCK_STREAM, 0)),
+        ),
+        (Some("localhost"), None, Some((AI_V4MAPPED, AF_INET6, 0, 0))),
+        (
+            Some("localhost"),
+            None,
+            Some((AI_V4MAPPED | AI_ALL, AF_INET6, 0, 0)),
+        ),
+        (
+            Some("localhost"),
+            None,
+            Some((AI_ADDRCONFIG, AF_UNSPEC, SOCK_STREAM, 0)),
+        ),
+        (
+            Some("localhost"),
+            Some("http"),
+            Some((AI_NUMERICSERV, AF_UNSPEC, 0, 0)),
+        ),
+        (
+            Some("localhost"),
+            Some("8080"),
+            Some((AI_NUMERICSERV, AF_UNSPEC, 0, 0)),
+        ),
+        (
+            Some("localhost"),
+            None,
+            Some((AI_NUMERICHOST, AF_UNSPEC, 0, 0)),
+        ),
+        (
+            None,
+            Some("80"),
+            Some((AI_PASSIVE, AF_UNSPEC, SOCK_STREAM, 0)),
+        ),
+        (None, Some("80"), Some((0, AF_UNSPEC, SOCK_STREAM, 0))),
+        (None, Some("80"), Some((AI_PASSIVE, AF_INET, 0, 0))),
+        (
+            Some("*"),
+            Some("http"),
+            Some((AI_PASSIVE, AF_INET6, 0, IPPROTO_TCP)),
+        ),
+        (None, Some("domain"), Some((0, AF_UNSPEC, 0, IPPROTO_UDP))),
+        (None, Some("nosuchservice"), None),
+        (None, Some("http"), Some((0, AF_UNSPEC, SOCK_RAW, 0))),
+        (None, Some("80"), Some((0, AF_UNSPEC, SOCK_RAW, 0))),
+        (None, None, None),
+        (None, Some("80"), Some((AI_CANONNAME, AF_UNSPEC, 0, 0))),
+        (Some("127.0.0.1"), None, Some((0x10000, AF_UNSPEC, 0, 0))),
+        (Some("127.0.0.1"), None, Some((0, 12345, 0, 0))),
+        (Some("127.0.0.1"), None, Some((0, AF_UNSPEC, 12345, 0))),
+        (
+            Some("127.0.0.1"),
+            None,
+            Some((0, AF_UNSPEC, SOCK_STREAM, IPPROTO_UDP)),
+        ),
+        (Some("127.0.0.1"), Some("-1"), None),
+        (Some("127.0.0.1"), Some("65616"), None),
+        (Some("127.0.0.1"), Some(""), None),
+    ];
+    let expected: Vec<Result<Vec<Node>, i32>> = cases
+        .iter()
+        .map(|(node, service, h)| {
+            let h = h.map(|(f, fam, st, p)| hints(f, fam, st, p));
+            call(
+                glibc(),
+                *node,
+                *service,
+                h.as_ref(),
+                fibra_shim::real::freeaddrinfo,
+            )
+        })
+        .collect();
+    // Outside fibers the interposed symbol is glibc's own.
+    for (case, want) in cases.iter().zip(&expected) {
+        let h = case.2.map(|(f, fam, st, p)| hints(f, fam, st, p));
+        let got = call(interposed(), case.0, case.1, h.as_ref(), free_interposed);
+        assert_eq!(&got, want, "outside a fiber: {case:?}");
+    }
+    let cases_in = cases.clone();
+    let got: Vec<Result<Vec<Node>, i32>> = in_fiber(move || {
+        cases_in
+            .iter()
+            .map(|(node, service, h)| {
+                let h = h.map(|(f, fam, st, p)| hints(f, fam, st, p));
+                call(interposed(), *node, *service, h.as_ref(), free_interposed)
+            })
+            .collect()
+    });
+    for ((case, want), got) in cases.iter().zip(&expected).zip(&got) {
+        assert_eq!(got, want, "in a fiber: {case:?}");
+    }
+    // The table covers what it claims to.
+    assert!(expected.contains(&Err(libc::EAI_BADFLAGS)));
+    assert!(expected.contains(&Err(libc::EAI_FAMILY)));
+    assert!(expected.contains(&Err(libc::EAI_SOCKTYPE)));
+    assert!(expected.contains(&Err(libc::EAI_SERVICE)));
+    assert!(expected.contains(&Err(libc::EAI_NONAME)));
+    assert!(expected.contains(&Err(EAI_ADDRFAMILY)));
+    assert!(
+        expected
+            .iter()
+            .any(|r| r.as_ref().is_ok_and(|l| l.len() == 3))
+    );
+}
+
+/// 500 fibers each resolve a distinct name from a server that delays every answer by 100 ms:
+/// one delay's worth of time (not 500), while another fiber keeps ticking.
+#[test]
+fn five_hundred_concurrent_lookups_park_only_their_fibers() {
+    let _watchdog = Watchdog::new(Duration::from_secs(120));
+    const FIBERS: u32 = 500;
+    let server = TestServer::start(Duration::from_millis(100));
+    fibra::dns::set_thread_nameservers([server.addr]);
+    let (elapsed, ticks) = fibra::run(move || {
+        let stop = Rc::new(Cell::new(false));
+        let ticks = Rc::new(Cell::new(0u32));
+        let ticker = {
+            let (stop, ticks) = (Rc::clone(&stop), Rc::clone(&ticks));
+            fibra::spawn(move || {
+                while !stop.get() {
+                    std::thread::sleep(Duration::from_millis(5));
+                    ticks.set(ticks.get() + 1);
+                }
+            })
+        };
+        let start = Instant::now();
+        let completed = Rc::new(Cell::new(0u32));
+        let lookups: Vec<_> = (0..FIBERS)
+            .map(|i| {
+                let completed = Rc::clone(&completed);
+                fibra::spawn(move || {
+                    let addrs: Vec<SocketAddr> = (format!("host{i}.test"), 8080)
+                        .to_socket_addrs()
+                        .unwrap()
+                        .collect();
+                    assert_eq!(addrs, vec![SocketAddr::new(IpAddr::V4(host_ip(i)), 8080)]);
+                    completed.set(completed.get() + 1);
+                })
+            })
+            .collect();
+        // Runs after every lookup fiber's first turn (FIFO) and before any of them is resumed:
+        // had a lookup blocked the thread instead of parking its fiber, it would have completed
+        // by now.
+        let observer = {
+            let completed = Rc::clone(&completed);
+            fibra::spawn(move || completed.get())
+        };
+        let ticks_before = ticks.get();
+        let completed_when_all_had_started = observer.join().unwrap();
+        for l in lookups {
+            l.join().unwrap();
+        }
+        let elapsed = start.elapsed();
+        let ticked = ticks.get() - ticks_before;
+        stop.set(true);
+        ticker.join().unwrap();
+        assert_eq!(
+            completed_when_all_had_started, 0,
+            "lookups completed without parking"
+        );
+        assert_eq!(completed.get(), FIBERS);
+        (elapsed, ticked)
+    });
+    fibra::dns::reset_thread_nameservers();
+    eprintln!("500 lookups against a 100 ms server: {elapsed:?}, ticker ticked {ticks} times");
+    // Sequentially this is 500 × 100 ms = 50 s; concurrently one round trip plus overhead.
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "500 lookups took {elapsed:?}"
+    );
+    // The ticker kept running while the lookups waited (in a debug build most of the time
+    // goes to hickory's CPU work, so only a few 5 ms ticks fit; a release build sees ~20).
+    assert!(
+        ticks >= 1,
+        "the ticker fiber never ran while the lookups waited"
+    );
+    assert!(
+        server.queries() >= FIBERS as usize,
+        "{} queries",
+        server.queries()
+    );
+}
+
+#[test]
+fn dns_errors_map_to_glibc_codes() {
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    let server = TestServer::start(Duration::ZERO);
+    fibra::dns::set_thread_nameservers([server.addr]);
+    let results = in_fiber(|| {
+        let lookup = |name: &str, family: i32| {
+            let h = hints(0, family, libc::SOCK_STREAM, 0);
+            call(interposed(), Some(name), None, Some(&h), free_interposed)
+        };
+        vec![
+            lookup("missing.test", libc::AF_UNSPEC).map(|l| ips(&l)),
+            lookup("missing.test", libc::AF_INET).map(|l| ips(&l)),
+            lookup("nodata.test", libc::AF_UNSPEC).map(|l| ips(&l)),
+            lookup("nodata.test", libc::AF_INET).map(|l| ips(&l)),
+            lookup("servfail.test", libc::AF_UNSPEC).map(|l| ips(&l)),
+            lookup("v6only.test", libc::AF_INET).map(|l| ips(&l)),
+            lookup("v6only.test", libc::AF_UNSPEC).map(|l| ips(&l)),
+        ]
+    });
+    fibra::dns::reset_thread_nameservers();
+    assert_eq!(results[0], Err(libc::EAI_NONAME), "NXDOMAIN");
+    assert_eq!(results[1], Err(libc::EAI_NONAME), "NXDOMAIN, AF_INET");
+    assert_eq!(results[2], Err(EAI_NODATA), "no addresses");
+    assert_eq!(results[3], Err(EAI_NODATA), "no addresses, AF_INET");
+    assert_eq!(results[4], Err(libc::EAI_AGAIN), "SERVFAIL");
+    assert_eq!(results[5], Err(EAI_NODATA), "only AAAA, asked for AF_INET");
+    assert_eq!(results[6], Ok(vec!["fd00::6".parse::<IpAddr>().unwrap()]));
+}
+
+#[test]
+fn canonical_names_services_and_both_families_from_dns() {
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    let server = TestServer::start(Duration::ZERO);
+    fibra::dns::set_thread_nameservers([server.addr]);
+    let (alias, both, mapped, service) = in_fiber(|| {
+        let h = hints(libc::AI_CANONNAME, libc::AF_INET, libc::SOCK_STREAM, 0);
+        let alias = call(
+            interposed(),
+            Some("alias.test"),
+            Some("80"),
+            Some(&h),
+            free_interposed,
+        );
+        let h = hints(0, libc::AF_UNSPEC, libc::SOCK_STREAM, 0);
+        let both = call(
+            interposed(),
+            Some("both.test"),
+            None,
+            Some(&h),
+            free_interposed,
+        );
+        let h = hints(libc::AI_V4MAPPED, libc::AF_INET6, libc::SOCK_DGRAM, 0);
+        let mapped = call(
+            interposed(),
+            Some("host7.test"),
+            None,
+            Some(&h),
+            free_interposed,
+        );
+        let service = call(
+            interposed(),
+            Some("host1.test"),
+            Some("domain"),
+            None,
+            free_interposed,
+        );
+        (alias, both, mapped, service)
+    });
+    fibra::dns::reset_thread_nameservers();
+    let alias = alias.unwrap();
+    assert_eq!(ips(&alias), vec![IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9))]);
+    assert_eq!(alias[0].canonname.as_deref(), Some("target.test"));
+    assert_eq!(&alias[0].addr[2..4], &80u16.to_be_bytes());
+    let both = both.unwrap();
+    let mut got = ips(&both);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            IpAddr::V4(Ipv4Addr::new(10, 1, 1, 1)),
+            "fd00::1".parse().unwrap()
+        ]
+    );
+    assert!(both.iter().all(|n| n.canonname.is_none()));
+    assert_eq!(
+        ips(&mapped.unwrap()),
+        vec!["::ffff:10.0.0.7".parse::<IpAddr>().unwrap()]
+    );
+    // No hints: AI_V4MAPPED | AI_ADDRCONFIG, one node per socket type that has the service.
+    let service = service.unwrap();
+    assert_eq!(
+        service
+            .iter()
+            .map(|n| (n.socktype, n.protocol))
+            .collect::<Vec<_>>(),
+        vec![
+            (libc::SOCK_STREAM, libc::IPPROTO_TCP),
+            (libc::SOCK_DGRAM, libc::IPPROTO_UDP)
+        ]
+    );
+    assert!(
+        service
+            .iter()
+            .all(|n| n.flags == libc::AI_V4MAPPED | libc::AI_ADDRCONFIG)
+    );
+    assert!(service.iter().all(|n| n.addr[2..4] == 53u16.to_be_bytes()));
+}
+
+#[test]
+fn numeric_hosts_and_hosts_file_never_reach_dns_and_answers_are_cached() {
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    let server = TestServer::start(Duration::ZERO);
+    fibra::dns::set_thread_nameservers([server.addr]);
+    let (numeric, cached) = in_fiber(|| {
+        let before = ("10.1.2.3", 1).to_socket_addrs().unwrap().count()
+            + ("::1", 1).to_socket_addrs().unwrap().count()
+            + ("localhost", 1).to_socket_addrs().unwrap().count();
+        let first: Vec<_> = ("host42.test", 1).to_socket_addrs().unwrap().collect();
+        let again: Vec<_> = ("host42.test", 1).to_socket_addrs().unwrap().collect();
+        assert_eq!(first, again);
+        (before, first)
+    });
+    fibra::dns::reset_thread_nameservers();
+    assert!(numeric >= 3);
+    assert_eq!(cached, vec![SocketAddr::new(IpAddr::V4(host_ip(42)), 1)]);
+    // host42.test: one A and one AAAA query; the numeric hosts, localhost and the cached repeat
+    // asked nothing.
+    assert_eq!(server.queries(), 2);
+}
+
+/// A list made by either `getaddrinfo` is freed by either `freeaddrinfo`. Run under valgrind by
+/// `freeaddrinfo_is_valgrind_clean`.
+#[test]
+fn lists_of_either_origin_free_with_either_freeaddrinfo() {
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    let server = TestServer::start(Duration::ZERO);
+    fibra::dns::set_thread_nameservers([server.addr]);
+    in_fiber(|| {
+        let h = hints(libc::AI_CANONNAME, libc::AF_UNSPEC, 0, 0);
+        for name in ["alias.test", "both.test", "127.0.0.1", "localhost"] {
+            // fibra's list, freed by glibc.
+            let ours = call(
+                interposed(),
+                Some(name),
+                Some("80"),
+                Some(&h),
+                fibra_shim::real::freeaddrinfo,
+            )
+            .unwrap();
+            assert!(ours[0].canonname.is_some());
+            assert!(ours[1..].iter().all(|n| n.canonname.is_none()));
+        }
+        // glibc's list (numeric: no network), freed by fibra's freeaddrinfo.
+        let theirs = call(
+            glibc(),
+            Some("127.0.0.1"),
+            Some("80"),
+            Some(&h),
+            free_interposed,
+        )
+        .unwrap();
+        assert_eq!(theirs.len(), 3);
+    });
+    fibra::dns::reset_thread_nameservers();
+}
+
+/// The valgrind check of the test above (needs valgrind; not run in CI).
+#[test]
+#[ignore = "needs valgrind; run with: cargo test --test dns -- --ignored"]
+fn freeaddrinfo_is_valgrind_clean() {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("valgrind")
+        .args([
+            "--error-exitcode=99",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite",
+        ])
+        .arg(exe)
+        .args([
+            "lists_of_either_origin_free_with_either_freeaddrinfo",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .output()
+        .expect("run valgrind (apt-get install valgrind)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "valgrind reported errors:\n{stderr}");
+    assert!(stderr.contains("ERROR SUMMARY: 0 errors"), "{stderr}");
+}
+
+/// With no usable configuration (`FIBRA_NAMESERVERS` unparsable), lookups run glibc's
+/// `getaddrinfo` on a helper thread while the fiber parks: another fiber keeps running.
+#[test]
+fn without_configuration_glibc_runs_on_a_helper_thread() {
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    if std::env::var_os("FIBRA_DNS_CHILD").is_none() {
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args([
+                "without_configuration_glibc_runs_on_a_helper_thread",
+                "--exact",
+                "--nocapture",
+            ])
+            .env("FIBRA_DNS_CHILD", "1")
+            .env("FIBRA_NAMESERVERS", "not-an-address")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "child failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    const LOOKUPS: usize = 100;
+    let (done, most_in_flight) = in_fiber(|| {
+        let h = hints(libc::AI_CANONNAME, libc::AF_INET, libc::SOCK_STREAM, 0);
+        let want = call(
+            glibc(),
+            Some("localhost"),
+            Some("80"),
+            Some(&h),
+            fibra_shim::real::freeaddrinfo,
+        );
+        assert!(want.is_ok());
+        // Lookups from many fibers: had each blocked the thread, only one would ever be in
+        // flight. (A helper that finishes before its fiber parks lets the fiber go on without
+        // parking, so not every lookup overlaps another; over a hundred, some always do.)
+        let in_flight = Rc::new(Cell::new(0usize));
+        let most = Rc::new(Cell::new(0usize));
+        let fibers: Vec<_> = (0..LOOKUPS)
+            .map(|_| {
+                let (in_flight, most, want) =
+                    (Rc::clone(&in_flight), Rc::clone(&most), want.clone());
+                fibra::spawn(move || {
+                    in_flight.set(in_flight.get() + 1);
+                    most.set(most.get().max(in_flight.get()));
+                    let h = hints(libc::AI_CANONNAME, libc::AF_INET, libc::SOCK_STREAM, 0);
+                    let got = call(
+                        interposed(),
+                        Some("localhost"),
+                        Some("80"),
+                        Some(&h),
+                        free_interposed,
+                    );
+                    in_flight.set(in_flight.get() - 1);
+                    assert_eq!(got, want);
+                })
+            })
+            .collect();
+        let done = fibers
+            .into_iter()
+            .map(|f| f.join().is_ok())
+            .filter(|ok| *ok)
+            .count();
+        (done, most.get())
+    });
+    assert_eq!(done, LOOKUPS);
+    assert!(
+        most_in_flight >= 2,
+        "glibc lookups never overlapped: they blocked the thread"
+    );
+}
