@@ -876,7 +876,6 @@ pub(crate) fn run_blocking(sched: &Scheduler, call: &mut (dyn FnMut() + Send), w
     let helper_job = Arc::clone(&job);
     let spawned = std::thread::Builder::new()
         .name("fibra-blocking".into())
-        .stack_size(64 * 1024)
         .spawn(move || {
             let ptr = ptr;
             // SAFETY: see `CallPtr`.
