@@ -26,6 +26,18 @@ fn get_set(c: &mut Criterion) {
     group.bench_function("thread_local_cell_set", |b| {
         b.iter(|| THREAD_CELL.set(black_box(2)))
     });
+    // The floor of any per-fiber lookup: finding the running fiber.
+    group.bench_function("current_fiber_id_in_fiber", |b| {
+        b.iter_custom(|iters| {
+            fibra::run(|| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(fibra::current_id());
+                }
+                start.elapsed()
+            })
+        })
+    });
     group.bench_function("fiber_local_get_in_fiber", |b| {
         b.iter_custom(|iters| {
             fibra::run(|| {
