@@ -31,6 +31,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::os::fd::RawFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -187,7 +188,7 @@ impl Driver {
 
     /// Runs every queued background task once (and the ones they wake, until none is left).
     fn run_ready_tasks(&self) {
-        self.polling.set(self.polling.get() + 1);
+        let _polling = Polling::enter(self);
         loop {
             let next = self.ready.borrow_mut().pop_front();
             let Some(id) = next else { break };
@@ -196,15 +197,17 @@ impl Driver {
             task.signal.queued.store(false, Ordering::Release);
             let waker = task.waker.clone();
             let mut cx = Context::from_waker(&waker);
-            let done = task.future.as_mut().poll(&mut cx).is_ready();
-            if done {
+            // A task that panics (the panic hook has reported it) is dropped like a finished
+            // one: its connection closes, and lookups that used it fail and are retried by
+            // hickory or reported as EAI_AGAIN. Nothing unwinds into the pump or a lookup.
+            let polled = catch_unwind(AssertUnwindSafe(|| task.future.as_mut().poll(&mut cx)));
+            if matches!(polled, Ok(Poll::Pending)) {
+                self.tasks.borrow_mut()[id] = Some(task);
+            } else {
                 drop(task);
                 self.free_tasks.borrow_mut().push(id);
-            } else {
-                self.tasks.borrow_mut()[id] = Some(task);
             }
         }
-        self.polling.set(self.polling.get() - 1);
     }
 
     fn fire_timers(&self) {
@@ -316,7 +319,12 @@ impl Driver {
             return;
         }
         self.pump_running.set(true);
-        let body = move || fibra_shim::without_hook(|| self.pump());
+        let body = move || {
+            fibra_shim::without_hook(|| {
+                let _stopped = PumpStopped(self);
+                self.pump()
+            })
+        };
         // SAFETY: the body is 'static (it refers to the thread's driver, which outlives every
         // scheduler run on this thread).
         let spawned = unsafe { sched.spawn_raw(Some("fibra-dns".to_owned()), PUMP_STACK, body) };
@@ -325,9 +333,9 @@ impl Driver {
         }
     }
 
+    /// The pump fiber's body (its end is marked by `PumpStopped`).
     fn pump(&self) {
         let Some(sched) = Scheduler::current() else {
-            self.pump_running.set(false);
             return;
         };
         loop {
@@ -343,7 +351,49 @@ impl Driver {
             let _ = Hook::wait_fd(sched, self.epfd.get(), Readiness::READABLE, deadline);
             self.pump_parked.set(None);
         }
-        self.pump_running.set(false);
+    }
+}
+
+/// Counts a poll in progress on this thread (tasks woken meanwhile are run by it), also when
+/// the poll unwinds.
+struct Polling<'a> {
+    driver: &'a Driver,
+    active: Cell<bool>,
+}
+
+impl<'a> Polling<'a> {
+    fn enter(driver: &'a Driver) -> Polling<'a> {
+        driver.polling.set(driver.polling.get() + 1);
+        Polling {
+            driver,
+            active: Cell::new(true),
+        }
+    }
+    fn pause(&self) {
+        if self.active.replace(false) {
+            self.driver.polling.set(self.driver.polling.get() - 1);
+        }
+    }
+    fn resume(&self) {
+        if !self.active.replace(true) {
+            self.driver.polling.set(self.driver.polling.get() + 1);
+        }
+    }
+}
+
+impl Drop for Polling<'_> {
+    fn drop(&mut self) {
+        self.pause();
+    }
+}
+
+/// Marks the pump as gone when its fiber ends, however it ends.
+struct PumpStopped<'a>(&'a Driver);
+
+impl Drop for PumpStopped<'_> {
+    fn drop(&mut self) {
+        self.0.pump_running.set(false);
+        self.0.pump_parked.set(None);
     }
 }
 
@@ -376,7 +426,7 @@ pub(crate) fn block_on<F: Future>(
         });
         let waker = Waker::from(Arc::clone(&signal));
         let mut cx = Context::from_waker(&waker);
-        driver.polling.set(driver.polling.get() + 1);
+        let polling = Polling::enter(driver);
         // The future lives in this block: it is dropped (closing its sockets, cancelling its
         // timers) at the block's end, while still counted as polling.
         let result = {
@@ -397,9 +447,9 @@ pub(crate) fn block_on<F: Future>(
                 let token = sched.prepare_park();
                 *signal.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
                 driver.waiting.set(driver.waiting.get() + 1);
-                driver.polling.set(driver.polling.get() - 1);
+                polling.pause();
                 sched.park_until(token, WaitReason::Resolve, deadline);
-                driver.polling.set(driver.polling.get() + 1);
+                polling.resume();
                 driver.waiting.set(driver.waiting.get() - 1);
                 signal
                     .token
@@ -410,7 +460,7 @@ pub(crate) fn block_on<F: Future>(
         };
         // Run whatever dropping the future woke.
         driver.run_ready_tasks();
-        driver.polling.set(driver.polling.get() - 1);
+        drop(polling);
         if driver.waiting.get() == 0 {
             driver.ring();
         }
