@@ -1,2 +1,292 @@
-//! Echo server benchmark (being written).
-fn main() {}
+//! TCP echo, 64-byte messages: fibra (blocking std::net code in fibers) beside tokio
+//! current_thread and thread-per-connection, under one load generator.
+//!
+//! The load generator is one thread driving every connection with mio (ping-pong: each
+//! connection sends 64 bytes and waits for them to come back). It is CPU-bound on this machine,
+//! so the fair figure is the server's CPU time per message: the process's CPU time over the
+//! measurement window minus the generator thread's own. Compare ratios within one run.
+//!
+//! ```text
+//! cargo bench --bench echo                 # 100 and 1000 connections, 2 s windows
+//! cargo bench --bench echo -- --secs 5 --conns 100,1000,5000
+//! ```
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream as MioStream;
+use mio::{Events, Interest, Poll, Token};
+
+const MSG: usize = 64;
+
+/// Starts a server on a thread of its own and returns its address.
+type StartServer = fn() -> SocketAddr;
+
+fn main() {
+    let mut secs = 2.0f64;
+    let mut conns = vec![100usize, 1000];
+    let mut only: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--secs" => secs = args.next().and_then(|v| v.parse().ok()).expect("--secs N"),
+            "--conns" => {
+                conns = args
+                    .next()
+                    .expect("--conns N,M")
+                    .split(',')
+                    .map(|v| v.parse().expect("--conns wants numbers"))
+                    .collect()
+            }
+            "--only" => only = args.next(),
+            // cargo bench passes --bench; ignore it and anything else libtest-like.
+            _ => {}
+        }
+    }
+    let window = Duration::from_secs_f64(secs);
+    let servers: [(&str, StartServer); 3] = [
+        ("fibra (std::net in fibers)", start_fibra),
+        ("tokio current_thread", start_tokio),
+        ("thread per connection", start_threads),
+    ];
+    println!("TCP echo, {MSG}-byte messages, one load-generator thread, {secs} s windows");
+    println!(
+        "{:<28} {:>6} {:>12} {:>15}",
+        "server", "conns", "msgs/s", "server µs/msg"
+    );
+    for &n in &conns {
+        for (name, start) in servers {
+            if only.as_deref().is_some_and(|o| !name.starts_with(o)) {
+                continue;
+            }
+            let addr = start();
+            let r = load(addr, n, window);
+            println!(
+                "{:<28} {:>6} {:>12.0} {:>15.2}",
+                name,
+                n,
+                r.msgs as f64 / r.wall.as_secs_f64(),
+                r.server_cpu.as_secs_f64() * 1e6 / r.msgs as f64
+            );
+        }
+    }
+}
+
+fn start_fibra() -> SocketAddr {
+    let (tx, rx) = mpsc::channel();
+    server_thread("fibra-server", move || {
+        fibra::run(move || {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            for conn in listener.incoming() {
+                let mut conn = conn.unwrap();
+                fibra::spawn(move || {
+                    conn.set_nodelay(true).unwrap();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if conn.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        })
+    });
+    rx.recv().unwrap()
+}
+
+fn start_tokio() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, rx) = mpsc::channel();
+    server_thread("tokio-server", move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    conn.set_nodelay(true).unwrap();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if conn.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        })
+    });
+    rx.recv().unwrap()
+}
+
+fn start_threads() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    server_thread("thread-server", move || {
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            std::thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn(move || {
+                    conn.set_nodelay(true).unwrap();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if conn.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                })
+                .unwrap();
+        }
+    });
+    addr
+}
+
+fn server_thread(name: &str, f: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .unwrap();
+}
+
+struct Result {
+    msgs: u64,
+    wall: Duration,
+    server_cpu: Duration,
+}
+
+fn cpu(who: i32) -> Duration {
+    // SAFETY: an all-zero rusage is valid, and getrusage only writes it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::getrusage(who, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+struct Conn {
+    stream: MioStream,
+    /// Bytes of the current message still to send, and still to receive.
+    to_send: usize,
+    to_recv: usize,
+}
+
+/// Runs the load generator on its own thread: `n` connections in ping-pong for a warm-up and
+/// then `window`; returns the round trips completed in the window and the server's CPU time.
+fn load(addr: SocketAddr, n: usize, window: Duration) -> Result {
+    std::thread::Builder::new()
+        .name("loadgen".into())
+        .spawn(move || generate(addr, n, window))
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+fn generate(addr: SocketAddr, n: usize, window: Duration) -> Result {
+    let mut poll = Poll::new().unwrap();
+    let mut events = Events::with_capacity(4096);
+    let mut conns = Vec::with_capacity(n);
+    // Connect in batches, so the listener's backlog never overflows.
+    for batch in (0..n).collect::<Vec<_>>().chunks(100) {
+        for _ in batch {
+            let stream = std::net::TcpStream::connect(addr).unwrap();
+            stream.set_nodelay(true).unwrap();
+            stream.set_nonblocking(true).unwrap();
+            conns.push(Conn {
+                stream: MioStream::from_std(stream),
+                to_send: MSG,
+                to_recv: MSG,
+            });
+        }
+    }
+    for (i, c) in conns.iter_mut().enumerate() {
+        poll.registry()
+            .register(
+                &mut c.stream,
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .unwrap();
+    }
+    let payload = [0x5au8; MSG];
+    let mut buf = [0u8; 4096];
+    let warmup = Duration::from_millis(500);
+    let start = Instant::now();
+    let mut measuring: Option<(Instant, Duration, Duration, u64)> = None;
+    let mut msgs = 0u64;
+    loop {
+        let now = Instant::now();
+        if measuring.is_none() && now - start >= warmup {
+            measuring = Some((now, cpu(libc::RUSAGE_SELF), cpu(libc::RUSAGE_THREAD), msgs));
+        }
+        if let Some((t0, proc0, gen0, msgs0)) = measuring
+            && now - t0 >= window
+        {
+            let wall = now - t0;
+            let proc_cpu = cpu(libc::RUSAGE_SELF) - proc0;
+            let gen_cpu = cpu(libc::RUSAGE_THREAD) - gen0;
+            // Closing the connections ends the servers' handlers.
+            drop(conns);
+            return Result {
+                msgs: msgs - msgs0,
+                wall,
+                server_cpu: proc_cpu.saturating_sub(gen_cpu),
+            };
+        }
+        poll.poll(&mut events, Some(Duration::from_millis(50)))
+            .unwrap();
+        for event in events.iter() {
+            let c = &mut conns[event.token().0];
+            // Receive whatever came back.
+            loop {
+                match c.stream.read(&mut buf) {
+                    Ok(0) => panic!("the server closed a connection"),
+                    Ok(got) => {
+                        let mut got = got;
+                        while got > 0 {
+                            let part = got.min(c.to_recv);
+                            c.to_recv -= part;
+                            got -= part;
+                            if c.to_recv == 0 {
+                                msgs += 1;
+                                c.to_recv = MSG;
+                                c.to_send = MSG;
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("read: {e}"),
+                }
+            }
+            // Send the next message (or the rest of it).
+            while c.to_send > 0 {
+                match c.stream.write(&payload[MSG - c.to_send..]) {
+                    Ok(sent) => c.to_send -= sent,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("write: {e}"),
+                }
+            }
+        }
+    }
+}

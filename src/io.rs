@@ -37,6 +37,11 @@ struct FdSlot {
     waiters: Vec<Waiter>,
     /// Bumped by every close of the fd; a waiter that sees it change was closed on.
     closes: u32,
+    /// A read drained the fd and no readable event came since (see `Hook::note_drained`).
+    drained: bool,
+    /// The fd reported read-closed (EOF) or an error: those conditions stay true without a
+    /// new edge, so a short read no longer means the next one would block.
+    ended: bool,
 }
 
 /// The I/O waiters of one scheduler, indexed by fd number.
@@ -85,6 +90,14 @@ impl Io {
             Err(e) => return Err(e),
         }
         fibra_shim::fd::set_registered(fd, self.epfd);
+        // A new registration (perhaps of a reused number): nothing is known of it yet; the
+        // registration itself reports current readiness.
+        if index < self.slots.borrow().len() {
+            self.with_slot(fd, |slot| {
+                slot.drained = false;
+                slot.ended = false;
+            });
+        }
         Ok(())
     }
 
@@ -163,6 +176,23 @@ impl Io {
         })
     }
 
+    /// A read drained `fd` (see `Hook::note_drained`).
+    pub fn note_drained(&self, fd: RawFd) {
+        if fd >= 0 && (fd as usize) < FD_TOKEN_LIMIT {
+            self.with_slot(fd, |slot| slot.drained = !slot.ended);
+        }
+    }
+
+    /// Whether `fd` is registered here, was drained, and saw no readable event since: only then
+    /// is a readable event certain to come when data arrives.
+    pub fn fd_drained(&self, fd: RawFd) -> bool {
+        let drained = usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.slots.borrow().get(i).map(|s| s.drained))
+            .unwrap_or(false);
+        drained && fibra_shim::fd::lookup(fd).registered_epfd() == Some(self.epfd)
+    }
+
     /// `fd` was closed or replaced by a fiber of this thread: its waiters wake with `EBADF`.
     pub fn fd_closed(&self, sched: &Scheduler, fd: RawFd) {
         if fd < 0 || fd as usize >= self.slots.borrow().len() {
@@ -170,6 +200,8 @@ impl Io {
         }
         let waiters = self.with_slot(fd, |slot| {
             slot.closes = slot.closes.wrapping_add(1);
+            slot.drained = false;
+            slot.ended = false;
             std::mem::take(&mut slot.waiters)
         });
         for waiter in waiters {
@@ -187,27 +219,24 @@ impl Io {
         if event.is_writable() || event.is_write_closed() || event.is_error() {
             ready = ready | Readiness::WRITABLE;
         }
-        let woken: Vec<WakeToken> = {
-            let mut slots = self.slots.borrow_mut();
-            let Some(slot) = slots.get_mut(index) else {
-                return;
-            };
-            if slot.waiters.is_empty() {
-                return;
-            }
-            let mut woken = Vec::new();
-            slot.waiters.retain(|w| {
-                let hit = w.interest.intersects(ready);
-                if hit {
-                    woken.push(w.token);
-                }
-                !hit
-            });
-            woken
+        let mut slots = self.slots.borrow_mut();
+        let Some(slot) = slots.get_mut(index) else {
+            return;
         };
-        for token in woken {
-            sched.unpark(token, Wake::Ready);
+        if ready.intersects(Readiness::READABLE) {
+            slot.drained = false;
         }
+        if event.is_read_closed() || event.is_error() {
+            slot.ended = true;
+        }
+        // `unpark` touches the run queue and the fiber table, never these slots.
+        slot.waiters.retain(|w| {
+            let hit = w.interest.intersects(ready);
+            if hit {
+                sched.unpark(w.token, Wake::Ready);
+            }
+            !hit
+        });
     }
 }
 

@@ -477,6 +477,14 @@ unsafe impl Hook for Scheduler {
         self.io.fd_closed(self, fd)
     }
 
+    fn note_drained(&self, fd: RawFd) {
+        self.io.note_drained(fd)
+    }
+
+    fn fd_drained(&self, fd: RawFd) -> bool {
+        self.io.fd_drained(fd)
+    }
+
     fn futex_wait(&self, wait: &fibra_shim::futex::FutexWait) -> Result<(), Errno> {
         crate::sync::futex_wait(self, wait)
     }

@@ -716,3 +716,41 @@ fn stdout_writes_never_park() {
         "the stdout write parked: {stderr}"
     );
 }
+
+#[test]
+fn eof_after_a_short_read_is_seen() {
+    // A short read empties the queue; EOF (or our own shutdown) must still end the next read,
+    // though it arrives without a new readiness edge when it came with the data.
+    let _watchdog = Watchdog::new(Duration::from_secs(30));
+    fibra::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let writer = fibra::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+            s.write_all(b"abc").unwrap();
+            // Dropped here: data and FIN arrive together.
+        });
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut all = Vec::new();
+        conn.read_to_end(&mut all).unwrap();
+        assert_eq!(all, b"abc");
+        writer.join().unwrap();
+
+        let (a, b) = UnixStream::pair().unwrap();
+        let w = fibra::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            (&b).write_all(b"xy").unwrap();
+            b
+        });
+        let mut buf = [0u8; 16];
+        assert_eq!((&a).read(&mut buf).unwrap(), 2, "a short read");
+        let _b = w.join().unwrap();
+        a.shutdown(Shutdown::Read).unwrap();
+        assert_eq!(
+            (&a).read(&mut buf).unwrap(),
+            0,
+            "EOF after our own shutdown"
+        );
+    });
+}

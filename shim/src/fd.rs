@@ -32,6 +32,10 @@ static TABLE: [AtomicPtr<Chunk>; CHUNKS] = [const { AtomicPtr::new(ptr::null_mut
 /// `setsockopt`; until then a parking call need not ask the kernel for the socket's timeout.
 pub(crate) static TIMEOUTS_USED: AtomicBool = AtomicBool::new(false);
 
+/// Bumped by every interposed `fcntl(F_SETFL)` and `ioctl(FIONBIO)`, anywhere: either may change
+/// `O_NONBLOCK` of a description any fd shares, so every cached answer goes stale.
+static NONBLOCK_EPOCH: AtomicU64 = AtomicU64::new(0);
+
 /// How many entries have [`OWN_NONBLOCK`]; while none do, no description twin can exist and
 /// [`find_twin`] costs nothing.
 static OWN_NONBLOCK_ENTRIES: AtomicUsize = AtomicUsize::new(0);
@@ -51,8 +55,23 @@ const OWN_NONBLOCK: u64 = 1 << 4;
 const USER_NONBLOCK: u64 = 1 << 5;
 /// `preadv2`/`pwritev2` with `RWF_NOWAIT` is refused (`EOPNOTSUPP`) on this fd.
 const NO_RWF_NOWAIT: u64 = 1 << 6;
+/// A cached answer to "did the user make this description non-blocking?" (for fds fibra did not
+/// switch), valid while the epoch in [`NB_EPOCH_SHIFT`].. equals [`NONBLOCK_EPOCH`]: `F_GETFL`
+/// is then not needed before a fiber parks.
+const NB_CACHED: u64 = 1 << 7;
+const NB_VALUE: u64 = 1 << 8;
+const NB_EPOCH_SHIFT: u32 = 9;
+const NB_EPOCH_MASK: u64 = (1 << 23) - 1;
 /// The bits that describe the file description and so carry over to a `dup`.
-const DESCRIPTION_BITS: u64 = KNOWN | SOCKET | PIPE | STREAM | OWN_NONBLOCK | USER_NONBLOCK;
+const DESCRIPTION_BITS: u64 = KNOWN
+    | SOCKET
+    | PIPE
+    | STREAM
+    | OWN_NONBLOCK
+    | USER_NONBLOCK
+    | NB_CACHED
+    | NB_VALUE
+    | (NB_EPOCH_MASK << NB_EPOCH_SHIFT);
 const EPFD_SHIFT: u32 = 32;
 
 impl Entry {
@@ -80,6 +99,12 @@ impl Entry {
     /// With [`Entry::own_nonblock`]: the user's view of `O_NONBLOCK`.
     pub fn user_nonblock(self) -> bool {
         self.0 & USER_NONBLOCK != 0
+    }
+    /// The cached `O_NONBLOCK` of the user's description, if still valid.
+    pub fn cached_nonblock(self) -> Option<bool> {
+        let epoch = NONBLOCK_EPOCH.load(Ordering::Acquire) & NB_EPOCH_MASK;
+        (self.0 & NB_CACHED != 0 && (self.0 >> NB_EPOCH_SHIFT) & NB_EPOCH_MASK == epoch)
+            .then_some(self.0 & NB_VALUE != 0)
     }
     /// Whether `RWF_NOWAIT` was found unsupported on this fd.
     pub fn no_rwf_nowait(self) -> bool {
@@ -250,6 +275,23 @@ pub fn set_user_nonblock(fd: RawFd, user_nonblock: bool) {
             e & !USER_NONBLOCK
         }
     });
+}
+
+/// The epoch to pass to [`cache_nonblock`]: read it *before* asking the kernel.
+pub fn nonblock_epoch() -> u64 {
+    NONBLOCK_EPOCH.load(Ordering::Acquire) & NB_EPOCH_MASK
+}
+
+/// Caches the user's `O_NONBLOCK` of `fd`, as read from the kernel during `epoch`.
+pub fn cache_nonblock(fd: RawFd, epoch: u64, nonblock: bool) {
+    let bits = NB_CACHED | if nonblock { NB_VALUE } else { 0 } | (epoch << NB_EPOCH_SHIFT);
+    let mask = NB_CACHED | NB_VALUE | (NB_EPOCH_MASK << NB_EPOCH_SHIFT);
+    update(fd, |e| (e & !mask) | bits);
+}
+
+/// Invalidates every cached `O_NONBLOCK` (an `F_SETFL` or `FIONBIO` is being made).
+pub fn nonblock_changing() {
+    NONBLOCK_EPOCH.fetch_add(1, Ordering::AcqRel);
 }
 
 /// Records that `RWF_NOWAIT` is refused on `fd`.

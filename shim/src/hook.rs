@@ -141,6 +141,21 @@ pub unsafe trait Hook {
     /// it must wake with `EBADF`.
     fn fd_closed(&self, fd: RawFd);
 
+    /// A read on the stream `fd` (socket or pipe) just returned fewer bytes than asked: its
+    /// receive queue was empty. Until the next readiness event for `fd`, [`Hook::fd_drained`]
+    /// may report so, and the shim parks before trying the next read (saving the call that
+    /// would fail with `EAGAIN`). A hook that keeps no such state ignores this.
+    fn note_drained(&self, fd: RawFd) {
+        let _ = fd;
+    }
+
+    /// Whether `fd` had a read drain it (see [`Hook::note_drained`]) and no readiness event
+    /// since, while registered with this hook's poller: a read would fail with `EAGAIN`.
+    fn fd_drained(&self, fd: RawFd) -> bool {
+        let _ = fd;
+        false
+    }
+
     /// Answers one `getaddrinfo` call (see [`crate::dns`]) without blocking the thread: the
     /// calling fiber parks while the lookup runs. Errors are `EAI_*` codes exactly as glibc would
     /// return them for the same query.

@@ -83,9 +83,17 @@ fn user_nonblocking(fd: RawFd) -> bool {
     if entry.own_nonblock() {
         return entry.user_nonblock();
     }
+    if let Some(cached) = entry.cached_nonblock() {
+        return cached;
+    }
+    let epoch = fd::nonblock_epoch();
     // SAFETY: F_GETFL takes no argument.
     let flags = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
-    flags >= 0 && flags & libc::O_NONBLOCK != 0
+    let nonblock = flags >= 0 && flags & libc::O_NONBLOCK != 0;
+    if flags >= 0 {
+        fd::cache_nonblock(fd, epoch, nonblock);
+    }
+    nonblock
 }
 
 /// Makes `fd`'s description non-blocking for good, remembering the user's view.
@@ -207,11 +215,26 @@ fn drive(
     entry: Entry,
     dir: Readiness,
     caller_nonblock: bool,
+    attempt: impl FnMut() -> ssize_t,
+) -> ssize_t {
+    drive_from(fd, entry, dir, caller_nonblock, false, attempt)
+}
+
+/// [`drive`], optionally parking before the first try (`wait_first`: the fd is known to be
+/// drained, and the caller is blocking).
+fn drive_from(
+    fd: RawFd,
+    entry: Entry,
+    dir: Readiness,
+    caller_nonblock: bool,
+    wait_first: bool,
     mut attempt: impl FnMut() -> ssize_t,
 ) -> ssize_t {
-    let r = attempt();
-    if r >= 0 || !would_block(errno()) || caller_nonblock || user_nonblocking(fd) {
-        return r;
+    if !wait_first {
+        let r = attempt();
+        if r >= 0 || !would_block(errno()) || caller_nonblock || user_nonblocking(fd) {
+            return r;
+        }
     }
     let deadline = socket_deadline(fd, entry, dir);
     loop {
@@ -363,9 +386,34 @@ fn nowait_writev(fd: RawFd, entry: &mut Entry, iov: *const iovec, count: c_int) 
 
 fn hooked_readv(fd: RawFd, entry: Entry, iov: *const iovec, count: c_int) -> ssize_t {
     let mut current = entry;
-    drive(fd, entry, READ, false, || {
+    drive_read(fd, entry, false, true, iov_total(iov, count), || {
         nowait_readv(fd, &mut current, iov, count)
     })
+}
+
+/// A read in a fiber: [`drive`], plus the drained hint (see `Hook::note_drained`). A read of a
+/// stream that returns fewer bytes than `requested` emptied the receive queue (TCP, Unix stream
+/// sockets and pipes all copy until the request is met or the queue is empty), so until the
+/// next readiness event the next read parks before trying: the scheduler is certain to see an
+/// event when data arrives. `consumes` is false for `MSG_PEEK`, which leaves the data queued.
+fn drive_read(
+    fd: RawFd,
+    entry: Entry,
+    caller_nonblock: bool,
+    consumes: bool,
+    requested: usize,
+    attempt: impl FnMut() -> ssize_t,
+) -> ssize_t {
+    let hinted = entry.is_stream() && requested > 0;
+    let wait_first = hinted
+        && !caller_nonblock
+        && with_hook(|hook| hook.fd_drained(fd)) == Some(true)
+        && !user_nonblocking(fd);
+    let r = drive_from(fd, entry, READ, caller_nonblock, wait_first, attempt);
+    if hinted && consumes && r > 0 && (r as usize) < requested {
+        with_hook(|hook| hook.note_drained(fd));
+    }
+    r
 }
 
 fn hooked_writev(fd: RawFd, entry: Entry, iov: *const iovec, count: c_int) -> ssize_t {
@@ -555,7 +603,8 @@ pub unsafe extern "C" fn recvfrom(
                 }
             });
         }
-        return drive(fd, entry, READ, caller_nonblock, || {
+        let consumes = flags & libc::MSG_PEEK == 0;
+        return drive_read(fd, entry, caller_nonblock, consumes, len, || {
             // SAFETY: forwarded with MSG_DONTWAIT added.
             unsafe { real::recvfrom(fd, buf, len, flags, addr, addrlen) }
         });
@@ -617,7 +666,8 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
             }
             return r;
         }
-        return drive(fd, entry, READ, caller_nonblock, || {
+        let consumes = flags & libc::MSG_PEEK == 0;
+        return drive_read(fd, entry, caller_nonblock, consumes, total, || {
             // SAFETY: forwarded with MSG_DONTWAIT added.
             unsafe { real::recvmsg(fd, msg, flags) }
         });
@@ -1151,6 +1201,7 @@ fn fcntl_common(
             r
         }
         libc::F_SETFL => {
+            fd::nonblock_changing();
             let entry = fd::lookup(fd);
             if entry.own_nonblock() {
                 // Keep the description non-blocking; record what the user asked for.
@@ -1202,6 +1253,9 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 /// libc's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> c_int {
+    if request == libc::FIONBIO as c_ulong {
+        fd::nonblock_changing();
+    }
     if request == libc::FIONBIO as c_ulong && !arg.is_null() && fd::lookup(fd).own_nonblock() {
         let mut on: c_int = 1;
         // SAFETY: a valid int argument for FIONBIO; validates `fd` as the real call would.
