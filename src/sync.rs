@@ -474,8 +474,11 @@ impl SchedSync {
             match word.load(Ordering::SeqCst) {
                 EMPTY => return,
                 NOTIFIED => {
-                    self.wake_park_waiters(sched);
-                    self.park_activity();
+                    // Parked fibers left means the unpark made no futex wake (which would
+                    // have woken them all): evidence that one may be lost.
+                    if self.wake_park_waiters(sched) > 0 {
+                        self.park_activity();
+                    }
                     return;
                 }
                 v => {
@@ -522,8 +525,9 @@ impl SchedSync {
                 match word.load(Ordering::SeqCst) {
                     PARKED => break,
                     NOTIFIED => {
-                        self.wake_park_waiters(sched);
-                        self.park_activity();
+                        if self.wake_park_waiters(sched) > 0 {
+                            self.park_activity();
+                        }
                         return Some(Duration::ZERO);
                     }
                     v => {
@@ -643,7 +647,12 @@ fn discover_park_word() -> usize {
     // token back.
     let addr = fibra_shim::futex::probe_futex_wait(probe);
     std::thread::current().unpark();
-    addr.unwrap_or(0)
+    addr.unwrap_or_else(|| {
+        tracing::warn!(
+            "fibra: std's parker word was not found; fibers parking in std::thread::park at once may spin"
+        );
+        0
+    })
 }
 
 /// The calling thread's static TLS blocks (one per loaded object that has TLS).
@@ -714,7 +723,11 @@ pub(crate) fn futex_wait(sched: &Scheduler, wait: &FutexWait) -> Result<(), Errn
         .current_fiber()
         .expect("futex_wait is only called from a fiber");
     let remote = Arc::as_ptr(&st.remote);
-    if !park_word
+    // parking_lot's per-thread parker: a plain FUTEX_WAIT for 1 on a word in the thread's TLS.
+    // (A std lock kept in a `thread_local!` is fine to share: std waits with FUTEX_WAIT_BITSET.)
+    if wait.plain
+        && wait.expected == 1
+        && !park_word
         && st.in_static_tls(wait.addr)
         && let Some(other) = TABLE.other_local_waiter(wait.addr, remote, me.id)
     {

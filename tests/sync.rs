@@ -1065,3 +1065,60 @@ fn two_fibers_of_one_thread_blocked_in_parking_lot_abort_with_a_message() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_std_mutex_in_a_thread_local_is_shared_by_the_threads_fibers() {
+    // Per-thread state that is a std lock (FUTEX_WAIT_BITSET on a TLS word) works between the
+    // fibers of the thread: only parking_lot's per-thread parker is refused.
+    thread_local! {
+        static CACHE: Mutex<Vec<u32>> = const { Mutex::new(Vec::new()) };
+    }
+    let _w = Watchdog::new(Duration::from_secs(30));
+    fibra::run(|| {
+        let holder = holder_fiber(|| {
+            CACHE.with(|c| {
+                let mut g = c.lock().unwrap();
+                thread::sleep(HOLD);
+                g.push(0);
+            })
+        });
+        let waiters: Vec<_> = (1..=3)
+            .map(|i| fibra::spawn(move || CACHE.with(|c| c.lock().unwrap().push(i))))
+            .collect();
+        assert_parks(|| CACHE.with(|c| c.lock().unwrap().push(4)));
+        holder.join().unwrap();
+        for w in waiters {
+            w.join().unwrap();
+        }
+        CACHE.with(|c| {
+            let mut v = c.lock().unwrap().clone();
+            v.sort();
+            assert_eq!(v, [0, 1, 2, 3, 4]);
+        });
+    });
+}
+
+/// Pins down the documented limit (ARCHITECTURE.md, "Sync waits"): std's mpsc never wakes a
+/// receiver registered by the sending OS thread, so between two fibers of one thread a blocked
+/// `recv_timeout` sees a message only at its deadline. If std changes this, this test fails and
+/// the limit (and this test) can go.
+#[test]
+fn std_mpsc_between_fibers_of_one_thread_wakes_only_at_the_deadline() {
+    let _w = Watchdog::new(Duration::from_secs(30));
+    fibra::run(|| {
+        let (tx, rx) = mpsc::channel::<u32>();
+        let start = Instant::now();
+        let sender = fibra::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            tx.send(7).unwrap();
+            thread::sleep(Duration::from_millis(600)); // no disconnect before the deadline
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_millis(300)), Ok(7));
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250),
+            "received after {waited:?}: std now wakes same-thread receivers; update the docs"
+        );
+        sender.join().unwrap();
+    });
+}

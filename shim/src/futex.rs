@@ -48,6 +48,8 @@ pub struct FutexWait {
     pub deadline: Option<Deadline>,
     /// A shared (not `FUTEX_PRIVATE_FLAG`) futex: another process may wake it, unseen by fibra.
     pub shared: bool,
+    /// `FUTEX_WAIT` (std uses `FUTEX_WAIT_BITSET`; parking_lot's thread parker uses this).
+    pub plain: bool,
 }
 
 impl FutexWait {
@@ -62,10 +64,10 @@ impl FutexWait {
 /// The process-wide table of fiber futex waiters, implemented by the scheduler.
 ///
 /// # Safety
-/// `wake` and `requeue` are called from any thread, inside or outside fibers, with the dispatch
-/// slot emptied; they must not unwind, must not block for long (they run where a futex wake
+/// `wake` is called from any thread, inside or outside fibers, with the dispatch slot emptied;
+/// it must not unwind, must not block for long (they run where a futex wake
 /// was expected to be quick) and must keep [`FIBER_FUTEX_WAITERS`] equal to the number of fiber
-/// waiters they hold (it may over-count transiently, never under-count).
+/// waiters it holds (it may over-count transiently, never under-count).
 pub unsafe trait FiberFutexes: Sync {
     /// Wakes up to `count` fiber waiters on `addr` whose bitset intersects `bitset` and returns
     /// how many it woke (at most `count`).
@@ -327,6 +329,7 @@ fn fiber_wait(
         bitset,
         deadline,
         shared: op & libc::FUTEX_PRIVATE_FLAG == 0,
+        plain: cmd == libc::FUTEX_WAIT,
     };
     let result = with_hook(|hook| hook.futex_wait(&wait))?;
     Some(match result {
