@@ -1122,3 +1122,46 @@ fn std_mpsc_between_fibers_of_one_thread_wakes_only_at_the_deadline() {
         sender.join().unwrap();
     });
 }
+
+/// Fibers of two schedulers (two OS threads, each in `fibra::run`) ping-pong over std mpsc and
+/// hand a std Mutex back and forth: every wake crosses threads through the inbox and Waker.
+#[test]
+fn fibers_of_two_schedulers_talk_through_std_mpsc_and_a_mutex() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    const ROUNDS: u32 = 500;
+    let (to_b, from_a) = mpsc::channel::<u32>();
+    let (to_a, from_b) = mpsc::channel::<u32>();
+    let shared = Arc::new(Mutex::new(0u32));
+    let s2 = shared.clone();
+    let b = thread::spawn(move || {
+        fibra::run(move || {
+            let stop = Rc::new(Cell::new(false));
+            let ticks = ticker(stop.clone());
+            let echo = fibra::spawn(move || {
+                for v in from_a.iter() {
+                    *s2.lock().unwrap() += 1;
+                    to_a.send(v + 1).unwrap();
+                }
+            });
+            echo.join().unwrap();
+            stop.set(true);
+            ticks.join().unwrap()
+        })
+    });
+    fibra::run(move || {
+        let stop = Rc::new(Cell::new(false));
+        let ticks = ticker(stop.clone());
+        let pinger = fibra::spawn(move || {
+            for i in 0..ROUNDS {
+                to_b.send(i * 2).unwrap();
+                assert_eq!(from_b.recv().unwrap(), i * 2 + 1);
+                let g = shared.lock().unwrap();
+                assert_eq!(*g, i + 1);
+            }
+        });
+        pinger.join().unwrap();
+        stop.set(true);
+        ticks.join().unwrap();
+    });
+    b.join().unwrap();
+}
