@@ -5,6 +5,10 @@
 //! Each section runs plain blocking code (std only) inside fibers and, where it makes the point,
 //! the same code on OS threads beside it.
 
+#[path = "../tests/dns_server/mod.rs"]
+mod dns_server;
+
+use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -153,10 +157,49 @@ fn request_context() {
     );
 }
 
+/// Name resolution: every `getaddrinfo` (here through `ToSocketAddrs`) parks only its fiber.
+fn concurrent_lookups() {
+    section("1,000 fibers resolving distinct host names; the name server answers after 100 ms");
+    let n = 1_000u32;
+    let server = dns_server::TestServer::start(Duration::from_millis(100));
+    // This thread's lookups go to the local server (FIBRA_NAMESERVERS or
+    // fibra::dns::set_nameservers do the same process-wide).
+    fibra::dns::set_thread_nameservers([server.addr]);
+    let start = Instant::now();
+    let resolved = fibra::run(move || {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                fibra::spawn(move || {
+                    let addr = (format!("host{i}.test"), 443)
+                        .to_socket_addrs()
+                        .unwrap()
+                        .next()
+                        .unwrap();
+                    (addr.ip() == dns_server::host_ip(i)) as u32
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum::<u32>()
+    });
+    let took = start.elapsed();
+    fibra::dns::reset_thread_nameservers();
+    println!(
+        "fibra, one OS thread:   {resolved} names resolved in {:>8.1} ms ({} queries answered)",
+        took.as_secs_f64() * 1e3,
+        server.queries()
+    );
+    println!(
+        "one at a time:          {:>8.1} s; glibc on a 16-thread pool: ~{:.1} s (benches/dns.rs)",
+        f64::from(n) * 0.1,
+        f64::from(n) * 0.1 / 16.0
+    );
+}
+
 fn main() {
     println!("fibra tour: plain blocking Rust, made concurrent");
     ten_thousand_sleepers();
     precise_timers();
     cheap_fibers();
     request_context();
+    concurrent_lookups();
 }
