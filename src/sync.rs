@@ -301,6 +301,25 @@ impl FutexTable {
         woken.min(count)
     }
 
+    /// Unlinks every waiter of the scheduler whose inbox is `remote`: its fibers will never run
+    /// again (a panic tore its loop down and leaked them), and a later wake must not reach its
+    /// freed inbox.
+    fn forget_scheduler(&self, remote: *const Remote) {
+        for bucket in &self.buckets {
+            let _guard = bucket.lock.lock();
+            let mut cur = bucket.head.get();
+            while !cur.is_null() {
+                // SAFETY: linked waiters are alive (leaked stacks stay mapped) and we hold the
+                // lock.
+                let w = unsafe { &*cur };
+                cur = w.next.get();
+                if w.remote == remote {
+                    self.unlink(bucket, w);
+                }
+            }
+        }
+    }
+
     /// Empties the table in a forked child: the waiters belong to threads that do not exist
     /// there (their nodes are leaked, never touched again).
     fn reset_after_fork(&self) {
@@ -617,9 +636,13 @@ impl SchedSync {
         }
     }
 
-    /// Puts std's parker word back to EMPTY if the scheduler leaves it PARKED (it never should,
-    /// but a thread whose word reads PARKED at its next real `park` would spin).
+    /// Called when the scheduler is dropped. Forgets the waiters of fibers that will never run
+    /// again (after a panic), and puts std's parker word back to EMPTY if it was left PARKED
+    /// (the thread's next real `park` would spin).
     pub fn finish(&self) {
+        if self.external.get() > 0 {
+            TABLE.forget_scheduler(Arc::as_ptr(&self.remote));
+        }
         if self.park_word != 0 {
             let word = self.park_word();
             let v = word.load(Ordering::SeqCst);

@@ -195,6 +195,14 @@ unsafe fn futex(args: [libc::c_long; 6]) -> libc::c_long {
     let val = args[2] as u32;
     let val3 = args[5] as u32;
     let cmd = op & FUTEX_CMD_MASK;
+    if op & libc::FUTEX_CLOCK_REALTIME != 0
+        && cmd != libc::FUTEX_WAIT
+        && cmd != libc::FUTEX_WAIT_BITSET
+    {
+        // The kernel refuses the clock flag on every other operation (ENOSYS): let it.
+        // SAFETY: forwarded unchanged.
+        return unsafe { forward(libc::SYS_futex, args) };
+    }
     match cmd {
         libc::FUTEX_WAIT | libc::FUTEX_WAIT_BITSET => {
             let bitset = if cmd == libc::FUTEX_WAIT {
