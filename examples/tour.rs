@@ -195,6 +195,128 @@ fn concurrent_lookups() {
     );
 }
 
+/// The seed talk's server benchmark: every request waits 100 ms in a plain
+/// `std::thread::sleep`; 1,000 keep-alive clients hammer it for two seconds. The same blocking
+/// server code runs once with a fiber per connection and once on a 16-thread pool.
+fn sleep_server_clients() {
+    section("the talk's server: each request sleeps 100 ms; 1,000 keep-alive clients, 2 s");
+    let fibers = count_sleep_server_requests(start_sleep_server(None));
+    println!("fibra, one OS thread, a fiber per connection: {fibers:>6.0} req/s (ideal 10,000)");
+    let pool = count_sleep_server_requests(start_sleep_server(Some(16)));
+    println!("16-thread pool:                               {pool:>6.0} req/s (16 / 100 ms = 160)");
+}
+
+/// Starts the sleep server on a thread of its own: fibers when `pool` is `None`, else that many
+/// worker threads, each serving one connection at a time.
+fn start_sleep_server(pool: Option<usize>) -> std::net::SocketAddr {
+    use std::net::TcpListener;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("bound");
+    match pool {
+        None => {
+            std::thread::spawn(move || {
+                fibra::run(move || {
+                    for conn in listener.incoming().flatten() {
+                        fibra::spawn(move || serve_sleepy_http(conn));
+                    }
+                })
+            });
+        }
+        Some(threads) => {
+            let (tx, rx) = mpsc::channel();
+            let rx = Arc::new(std::sync::Mutex::new(rx));
+            for _ in 0..threads {
+                let rx = rx.clone();
+                std::thread::spawn(move || {
+                    loop {
+                        let conn = rx.lock().unwrap().recv();
+                        match conn {
+                            Ok(conn) => serve_sleepy_http(conn),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            }
+            std::thread::spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    if tx.send(conn).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+    addr
+}
+
+/// HTTP/1.1 with keep-alive, reduced to what the clients below send: every request (a head
+/// without a body) sleeps 100 ms and gets a short `200`.
+fn serve_sleepy_http(mut conn: std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+        }
+        let end = pending.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        pending.drain(..end);
+        std::thread::sleep(Duration::from_millis(100));
+        if conn
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nslept\n")
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// 1,000 client fibers (plain blocking std::net code too) on this thread: connect, wait for a
+/// common start, then request in a loop for two seconds. Returns responses per second.
+fn count_sleep_server_requests(addr: std::net::SocketAddr) -> f64 {
+    use std::io::{Read, Write};
+    let clients = 1000;
+    let window = Duration::from_secs(2);
+    let start = Instant::now() + Duration::from_millis(1500);
+    let end = start + window;
+    let total: usize = fibra::run(move || {
+        let fibers: Vec<_> = (0..clients)
+            .map(|_| {
+                fibra::spawn(move || {
+                    let left = end.saturating_duration_since(Instant::now());
+                    let Ok(mut conn) = std::net::TcpStream::connect_timeout(&addr, left) else {
+                        return 0;
+                    };
+                    std::thread::sleep(start.saturating_duration_since(Instant::now()));
+                    let mut done = 0;
+                    let mut buf = [0u8; 256];
+                    while Instant::now() < end {
+                        let left = end.saturating_duration_since(Instant::now());
+                        let _ = conn.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+                        if conn
+                            .write_all(b"GET / HTTP/1.1\r\nhost: tour\r\n\r\n")
+                            .is_err()
+                        {
+                            break;
+                        }
+                        // The whole response is one short segment.
+                        match conn.read(&mut buf) {
+                            Ok(n) if n > 0 && Instant::now() <= end => done += 1,
+                            _ => break,
+                        }
+                    }
+                    done
+                })
+            })
+            .collect();
+        fibers.into_iter().map(|f| f.join().unwrap_or(0)).sum()
+    });
+    total as f64 / window.as_secs_f64()
+}
+
 fn main() {
     println!("fibra tour: plain blocking Rust, made concurrent");
     ten_thousand_sleepers();
@@ -202,4 +324,5 @@ fn main() {
     cheap_fibers();
     request_context();
     concurrent_lookups();
+    sleep_server_clients();
 }
