@@ -122,7 +122,15 @@ impl LocalStorage {
     /// `index` must be the index of a `FiberLocal<T>`, so that its value, if any, is a `T`.
     #[inline]
     unsafe fn overwrite<T: 'static>(&self, index: usize, value: T) -> Result<T, T> {
-        let mut values = self.values.borrow_mut();
+        // SAFETY (both blocks): every other borrow of the cell ends before its method returns
+        // and runs no user code meanwhile; the one that could be in progress is a `put`'s
+        // mutable borrow reached from its allocation (checked here). The reference below lives
+        // until the `mem::replace`, which runs no user code either. Unguarded, a write costs no
+        // borrow-flag updates.
+        if unsafe { self.values.try_borrow_unguarded() }.is_err() {
+            writing();
+        }
+        let values = unsafe { &mut *self.values.as_ptr() };
         let Some(values) = values.as_mut().and_then(Rc::get_mut) else {
             return Err(value);
         };
@@ -141,12 +149,12 @@ impl LocalStorage {
     }
 }
 
-/// A read reached a storage in the middle of a write: only an allocator or a similar hook
-/// running inside fibra's own bookkeeping could do that.
+/// A `FiberLocal` was used while its storage was in the middle of a write: only a global
+/// allocator (or a similar hook running inside fibra's own bookkeeping) could do that.
 #[cold]
 fn writing() -> ! {
     panic!(
-        "fibra: a FiberLocal was read while its storage was being written (from a global allocator?); FiberLocals cannot be used there"
+        "fibra: a FiberLocal was used while its storage was being written (from a global allocator?); FiberLocals cannot be used there"
     )
 }
 
