@@ -314,9 +314,14 @@ impl Driver {
     }
 
     /// Starts the pump fiber unless it runs already.
-    fn ensure_pump(&'static self, sched: &Scheduler) {
-        if self.pump_running.get() || !self.ensure_reactor() {
-            return;
+    /// Starts the pump fiber unless it runs already. `Err(errno)` when it cannot (no fd for
+    /// the epoll instance, no memory for a stack): nothing could then wake a waiting lookup.
+    fn ensure_pump(&'static self, sched: &Scheduler) -> Result<(), i32> {
+        if self.pump_running.get() {
+            return Ok(());
+        }
+        if !self.ensure_reactor() {
+            return Err(fibra_shim::errno());
         }
         self.pump_running.set(true);
         let body = move || {
@@ -328,9 +333,11 @@ impl Driver {
         // SAFETY: the body is 'static (it refers to the thread's driver, which outlives every
         // scheduler run on this thread).
         let spawned = unsafe { sched.spawn_raw(Some("fibra-dns".to_owned()), PUMP_STACK, body) };
-        if spawned.is_err() {
+        if let Err(e) = spawned {
             self.pump_running.set(false);
+            return Err(e.raw_os_error().unwrap_or(libc::ENOMEM));
         }
+        Ok(())
     }
 
     /// The pump fiber's body (its end is marked by `PumpStopped`).
@@ -350,6 +357,19 @@ impl Driver {
             self.pump_parked.set(Some(deadline));
             let _ = Hook::wait_fd(sched, self.epfd.get(), Readiness::READABLE, deadline);
             self.pump_parked.set(None);
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Thread exit: the tasks (and their sockets) go first, then the driver's own fds.
+        self.tasks.get_mut().clear();
+        for fd in [self.doorbell.get(), self.epfd.get()] {
+            if fd >= 0 {
+                // SAFETY: fds this driver created and nothing else uses.
+                unsafe { libc::close(fd) };
+            }
         }
     }
 }
@@ -405,6 +425,8 @@ const PUMP_STACK: usize = 256 * 1024;
 pub(crate) enum Interrupted {
     /// `deadline` passed first.
     TimedOut,
+    /// The driver could not wait (this `errno`: out of fds or memory).
+    Failed(i32),
 }
 
 /// Runs `future` to completion inside the calling fiber, parking it while the future is
@@ -443,7 +465,9 @@ pub(crate) fn block_on<F: Future>(
                 if deadline.is_some_and(|d| d <= Deadline::now()) {
                     break Err(Interrupted::TimedOut);
                 }
-                driver.ensure_pump(sched);
+                if let Err(errno) = driver.ensure_pump(sched) {
+                    break Err(Interrupted::Failed(errno));
+                }
                 let token = sched.prepare_park();
                 *signal.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
                 driver.waiting.set(driver.waiting.get() + 1);

@@ -160,13 +160,13 @@ struct NssLookup<'a> {
 }
 
 impl NssLookup<'_> {
-    fn ask(&self, source: Source, name: &str, family: Family) -> HostAnswer {
+    fn ask(&self, source: Source, name: &str, family: Family) -> Result<HostAnswer, GaiError> {
         match source {
-            Source::Files => STATE.with(|s| {
+            Source::Files => Ok(STATE.with(|s| {
                 s.borrow()
                     .as_ref()
                     .map_or(HostAnswer::NotFound, |s| s.hosts.lookup(name, family))
-            }),
+            })),
             Source::Dns => {
                 let resolver = Arc::clone(&self.resolver);
                 let name = name.to_owned();
@@ -175,8 +175,12 @@ impl NssLookup<'_> {
                 // with `Interrupted`, dropping every socket and timer of the lookup, and is
                 // reported as EAI_AGAIN.
                 match driver::block_on(self.sched, dns_lookup(resolver, name, family), None) {
-                    Ok(answer) => answer,
-                    Err(driver::Interrupted::TimedOut) => HostAnswer::TryAgain,
+                    Ok(answer) => Ok(answer),
+                    Err(driver::Interrupted::TimedOut) => Ok(HostAnswer::TryAgain),
+                    Err(driver::Interrupted::Failed(errno)) => Err(GaiError {
+                        code: libc::EAI_SYSTEM,
+                        errno,
+                    }),
                 }
             }
         }
@@ -187,7 +191,7 @@ impl HostLookup for NssLookup<'_> {
     fn lookup(&mut self, name: &str, family: Family) -> Result<HostAnswer, GaiError> {
         let mut answer = HostAnswer::NotFound;
         for &source in &self.order {
-            answer = self.ask(source, name, family);
+            answer = self.ask(source, name, family)?;
             // glibc's default actions: only SUCCESS returns; every other status continues.
             if matches!(answer, HostAnswer::Found { .. }) {
                 break;
@@ -203,10 +207,10 @@ impl HostLookup for NssLookup<'_> {
     ) -> Result<(HostAnswer, HostAnswer), GaiError> {
         let mut answers = (HostAnswer::NotFound, HostAnswer::NotFound);
         for &source in &self.order {
-            let six = self.ask(source, name, Family::V6);
+            let six = self.ask(source, name, Family::V6)?;
             let found_six = matches!(six, HostAnswer::Found { .. });
             let four = if all || !found_six {
-                self.ask(source, name, Family::V4)
+                self.ask(source, name, Family::V4)?
             } else {
                 HostAnswer::NotFound
             };
