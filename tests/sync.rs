@@ -1165,3 +1165,57 @@ fn fibers_of_two_schedulers_talk_through_std_mpsc_and_a_mutex() {
     });
     b.join().unwrap();
 }
+
+/// A shared (non-private) futex in memory shared with another process: the other process's
+/// wake never passes through this process's table, so the fiber's wait notices the word change
+/// by re-reading it, and returns as woken.
+#[test]
+fn a_shared_futex_woken_by_another_process_ends_the_fibers_wait() {
+    let _w = Watchdog::new(Duration::from_secs(30));
+    // SAFETY: a fresh anonymous shared mapping of one page.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(page, libc::MAP_FAILED);
+    // SAFETY: the mapping is page-aligned, zeroed and lives until the munmap below.
+    let word: &'static std::sync::atomic::AtomicU32 =
+        unsafe { &*(page as *const std::sync::atomic::AtomicU32) };
+    // SAFETY: the child only sleeps, stores, makes a raw futex wake and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: HOLD.as_nanos() as libc::c_long,
+        };
+        // SAFETY: async-signal-safe calls only, then _exit.
+        unsafe {
+            libc::nanosleep(&ts, std::ptr::null_mut());
+            word.store(1, Ordering::SeqCst);
+            libc::syscall(libc::SYS_futex, page, libc::FUTEX_WAKE, i32::MAX, 0, 0, 0);
+            libc::_exit(0);
+        }
+    }
+    assert!(pid > 0);
+    fibra::run(|| {
+        assert_parks(move || {
+            let start = Instant::now();
+            let r = futex(word, libc::FUTEX_WAIT, 0, std::ptr::null(), 0);
+            assert_eq!(r, (0, 0), "woken, not an error");
+            assert_eq!(word.load(Ordering::SeqCst), 1);
+            assert!(start.elapsed() < Duration::from_secs(10));
+        });
+    });
+    let mut status = 0;
+    // SAFETY: reaping our own child; unmapping our own mapping.
+    unsafe {
+        libc::waitpid(pid, &mut status, 0);
+        libc::munmap(page, 4096);
+    }
+}
