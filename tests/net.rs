@@ -754,3 +754,58 @@ fn eof_after_a_short_read_is_seen() {
         );
     });
 }
+
+#[test]
+fn a_forked_child_closing_a_socket_leaves_the_parents_registration() {
+    // The child shares the parent's epoll instance; its close must not deregister the fd there.
+    let _watchdog = Watchdog::new(Duration::from_secs(30));
+    fibra::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        for round in 0..2 {
+            let client = fibra::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                TcpStream::connect(addr).unwrap()
+            });
+            // Round 0 registers the listener (accept parks); round 1 needs that registration.
+            listener.accept().unwrap();
+            client.join().unwrap();
+            if round == 0 {
+                // SAFETY: the child only closes an fd and exits.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    // SAFETY: as above; _exit skips the parent's atexit handlers.
+                    unsafe {
+                        libc::close(listener.as_raw_fd());
+                        libc::_exit(0);
+                    }
+                }
+                assert!(pid > 0);
+                let mut status = 0;
+                // SAFETY: reaping our own child.
+                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            }
+        }
+    });
+}
+
+#[test]
+fn errno_is_left_alone_by_a_call_that_parked_and_succeeded() {
+    let _watchdog = Watchdog::new(Duration::from_secs(30));
+    fibra::run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let w = fibra::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            (&b).write_all(b"z").unwrap();
+            b
+        });
+        // SAFETY: writing this thread's errno.
+        unsafe { *libc::__errno_location() = libc::ENOENT };
+        let mut byte = 0u8;
+        // SAFETY: a read into a local byte.
+        let r = unsafe { libc::read(a.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+        assert_eq!(r, 1);
+        assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::ENOENT));
+        w.join().unwrap();
+    });
+}

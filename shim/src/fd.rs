@@ -429,3 +429,19 @@ pub fn forget_registrations(epfd: RawFd) {
         }
     }
 }
+
+/// In a child just forked: every registration recorded belongs to the parent's epoll instances
+/// (which the child shares until it closes them). Forget them all *without* deregistering:
+/// a `close` in the child must never remove the parent's registrations. Never allocates.
+pub(crate) fn forget_all_registrations() {
+    for top in &TABLE {
+        let chunk = top.load(Ordering::Acquire);
+        if chunk.is_null() {
+            continue;
+        }
+        // SAFETY: published chunks are never freed.
+        for slot in unsafe { &*chunk } {
+            slot.fetch_and(0xffff_ffff, Ordering::AcqRel);
+        }
+    }
+}

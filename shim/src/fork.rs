@@ -18,6 +18,8 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
     let pid = unsafe { real::fork() };
     if pid == 0 {
         crate::dispatch::mark_forked_child();
+        // The parent's epoll registrations are not the child's to remove (see `fd.rs`).
+        crate::fd::forget_all_registrations();
     }
     pid
 }

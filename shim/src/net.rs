@@ -230,6 +230,8 @@ fn drive_from(
     wait_first: bool,
     mut attempt: impl FnMut() -> ssize_t,
 ) -> ssize_t {
+    // libc leaves errno alone on success; the tries that failed with EAGAIN must not show.
+    let caller_errno = errno();
     if !wait_first {
         let r = attempt();
         if r >= 0 || !would_block(errno()) || caller_nonblock || user_nonblocking(fd) {
@@ -250,7 +252,11 @@ fn drive_from(
             }
         }
         let r = attempt();
-        if r >= 0 || !would_block(errno()) {
+        if r >= 0 {
+            set_errno(caller_errno);
+            return r;
+        }
+        if !would_block(errno()) {
             return r;
         }
     }
@@ -268,11 +274,13 @@ fn drive_all(
     total: usize,
     mut attempt: impl FnMut(usize) -> ssize_t,
 ) -> ssize_t {
+    let caller_errno = errno();
     let mut done = 0usize;
     let mut blocking: Option<bool> = None;
     let mut deadline: Option<Option<Deadline>> = None;
     let end = |done: usize, e: c_int| -> ssize_t {
         if done > 0 {
+            set_errno(caller_errno);
             done as ssize_t
         } else {
             set_errno(e);
@@ -284,10 +292,12 @@ fn drive_all(
         if r > 0 {
             done += r as usize;
             if done >= total {
+                set_errno(caller_errno);
                 return done as ssize_t;
             }
         } else if r == 0 {
             // EOF on a read, or a zero-length transfer.
+            set_errno(caller_errno);
             return done as ssize_t;
         } else {
             let e = errno();
@@ -300,6 +310,7 @@ fn drive_all(
             *blocking.get_or_insert_with(|| !caller_nonblock && !user_nonblocking(fd));
         if !is_blocking {
             return if r >= 0 {
+                set_errno(caller_errno);
                 done as ssize_t
             } else {
                 end(done, libc::EAGAIN)
