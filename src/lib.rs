@@ -86,11 +86,6 @@ where
             "fibra::run called inside fibra::run on the same thread; use fibra::spawn to start another fiber"
         );
     }
-    if fibra_shim::forked_child() {
-        panic!(
-            "fibra::run called in a child forked from a fibra program; exec a new program first"
-        );
-    }
     fibra_shim::ensure_linked();
     overflow::install_handler();
     let _altstack = overflow::ensure_altstack();

@@ -93,6 +93,11 @@ impl Scheduler {
 
     /// Makes `sched` the thread's scheduler until the returned guard drops.
     pub fn install(sched: &Scheduler) -> Installed {
+        static AT_FORK: std::sync::Once = std::sync::Once::new();
+        // SAFETY: registering a child handler that only writes this thread's TLS slot.
+        AT_FORK.call_once(|| unsafe {
+            libc::pthread_atfork(None, None, Some(forget_scheduler_after_fork));
+        });
         assert!(
             CURRENT.get().is_null(),
             "a scheduler is already installed on this thread"
@@ -289,13 +294,15 @@ impl Scheduler {
     }
 
     /// Switches from the running fiber to the scheduler loop; returns when it is resumed.
+    ///
+    /// `errno` is not preserved here: every interposed call already restores it around its hook
+    /// (`fibra_shim::dispatch`), and fibra's own functions make no promise about it, like any
+    /// Rust function.
     fn switch_out(&self, fiber: &Fiber) {
-        let saved_errno = fibra_shim::errno();
         let yielder = fiber.yielder.get();
         // SAFETY: the yielder was set on the fiber's first entry and lives on its stack, which
         // is the stack we are running on.
         unsafe { (*yielder).suspend(()) };
-        fibra_shim::set_errno(saved_errno);
     }
 
     /// Drives every fiber to completion.
@@ -438,6 +445,12 @@ impl Drop for Scheduler {
             }
         }
     }
+}
+
+/// `pthread_atfork` child handler: a child forked from a fiber (or from any thread of a fibra
+/// program) starts with no scheduler. The copied one is forgotten, never resumed or dropped.
+extern "C" fn forget_scheduler_after_fork() {
+    CURRENT.set(std::ptr::null());
 }
 
 /// Uninstalls the thread's scheduler when dropped.

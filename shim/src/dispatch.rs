@@ -19,7 +19,6 @@
 
 use std::cell::Cell;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::Hook;
 
@@ -29,9 +28,6 @@ pub type Active = NonNull<dyn Hook + 'static>;
 thread_local! {
     static ACTIVE: Cell<Option<Active>> = const { Cell::new(None) };
 }
-
-/// Set in a child created by an interposed `fork`: nothing there may reach a scheduler.
-static FORKED_CHILD: AtomicBool = AtomicBool::new(false);
 
 /// The hook active on this thread, if user code of a fiber is running.
 #[inline]
@@ -48,14 +44,9 @@ pub unsafe fn set_active(hook: Option<Active>) {
     ACTIVE.set(hook);
 }
 
-/// Whether this process is a child forked (through the interposed `fork`) from a process that may
-/// have had schedulers running. Schedulers must refuse to start work here.
-pub fn forked_child() -> bool {
-    FORKED_CHILD.load(Ordering::Relaxed)
-}
-
-pub(crate) fn mark_forked_child() {
-    FORKED_CHILD.store(true, Ordering::Relaxed);
+/// Empties the slot in a child forked from a fiber: the child must never reach the scheduler it
+/// was copied from.
+pub(crate) fn clear_in_forked_child() {
     ACTIVE.set(None);
 }
 

@@ -156,6 +156,14 @@ pub unsafe trait Hook {
         false
     }
 
+    /// Parks the calling fiber until `fd` is readable or `deadline` passes: `fd` is a pidfd (its
+    /// child exited) or the shim's SIGCHLD eventfd (some child changed state). The shim re-checks
+    /// with `WNOHANG` after every return, so spurious returns are harmless. `Err` when the wait
+    /// was interrupted; the shim then returns `EINTR` from the wait call.
+    fn wait_child(&self, fd: RawFd, deadline: Option<Deadline>) -> Result<(), Errno> {
+        self.wait_fd(fd, Readiness::READABLE, deadline).map(drop)
+    }
+
     /// Answers one `getaddrinfo` call (see [`crate::dns`]) without blocking the thread: the
     /// calling fiber parks while the lookup runs. Errors are `EAI_*` codes exactly as glibc would
     /// return them for the same query.

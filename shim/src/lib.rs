@@ -33,13 +33,14 @@ mod fork;
 pub mod futex;
 pub mod hook;
 mod net;
+mod process;
 pub mod real;
 mod thread;
 mod time;
 
-pub use dispatch::{Active, active, forked_child, set_active, without_hook};
-pub use hook::{Deadline, Errno, Hook, Readiness, WaitClock};
+pub use dispatch::{Active, active, set_active, without_hook};
 pub use hook::BlockingCall;
+pub use hook::{Deadline, Errno, Hook, Readiness, WaitClock};
 
 /// The calling thread's `errno`.
 #[inline]
@@ -76,8 +77,6 @@ unsafe impl Sync for Keep {}
 
 #[used]
 static INTERPOSED: Keep = Keep(&[
-    futex::syscall as *const (),
-    thread::pthread_join as *const (),
     time::nanosleep as *const (),
     time::clock_nanosleep as *const (),
     time::usleep as *const (),
@@ -99,6 +98,8 @@ static INTERPOSED: Keep = Keep(&[
     net::connect as *const (),
     net::poll as *const (),
     net::ppoll as *const (),
+    net::select as *const (),
+    net::pselect as *const (),
     net::close as *const (),
     net::dup as *const (),
     net::dup2 as *const (),
@@ -107,6 +108,12 @@ static INTERPOSED: Keep = Keep(&[
     net::fcntl64 as *const (),
     net::ioctl as *const (),
     net::setsockopt as *const (),
+    process::waitpid as *const (),
+    process::wait4 as *const (),
+    process::wait as *const (),
+    process::waitid as *const (),
+    futex::syscall as *const (),
+    thread::pthread_join as *const (),
     dns::getaddrinfo as *const (),
     dns::freeaddrinfo as *const (),
 ]);

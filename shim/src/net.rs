@@ -1,5 +1,6 @@
 //! Interposed socket and pipe calls: `read`, `write`, `readv`, `writev`, `recv`, `recvfrom`,
 //! `recvmsg`, `send`, `sendto`, `sendmsg`, `accept`, `accept4`, `connect`, `poll`, `ppoll`,
+//! `select`, `pselect`,
 //! and the fd bookkeeping around them: `close`, `dup`, `dup2`, `dup3`, `fcntl`, `ioctl(FIONBIO)`,
 //! `setsockopt`.
 //!
@@ -1089,6 +1090,169 @@ pub unsafe extern "C" fn ppoll(
     }
     // SAFETY: forwarded unchanged.
     unsafe { real::ppoll(fds, nfds, timeout, sigmask) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// select, pselect
+
+/// `select` in a fiber through the `poll` path: the sets become pollfds, and the result is
+/// written back with the kernel's mapping (readable: `POLLIN`, hang-up or error; writable:
+/// `POLLOUT` or error; exceptional: `POLLPRI`). `None` when the call is not one to park.
+fn hooked_select(
+    nfds: c_int,
+    sets: [*mut libc::fd_set; 3],
+    deadline: Option<Deadline>,
+) -> Option<c_int> {
+    if !(0..=libc::FD_SETSIZE as c_int).contains(&nfds) {
+        return None; // libc's EINVAL
+    }
+    let wanted = |set: *mut libc::fd_set, fd: c_int| {
+        // SAFETY: a non-null set the caller passed, and fd < FD_SETSIZE.
+        !set.is_null() && unsafe { libc::FD_ISSET(fd, set) }
+    };
+    let mut pfds: Vec<libc::pollfd> = Vec::new();
+    for fd in 0..nfds {
+        let mut events = 0;
+        if wanted(sets[0], fd) {
+            events |= libc::POLLIN;
+        }
+        if wanted(sets[1], fd) {
+            events |= libc::POLLOUT;
+        }
+        if wanted(sets[2], fd) {
+            events |= libc::POLLPRI;
+        }
+        if events != 0 {
+            pfds.push(libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
+        }
+    }
+    let r = hooked_poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, deadline)?;
+    if r < 0 {
+        return Some(r);
+    }
+    if pfds.iter().any(|p| p.revents & libc::POLLNVAL != 0) {
+        set_errno(libc::EBADF);
+        return Some(-1);
+    }
+    for set in sets.into_iter().filter(|s| !s.is_null()) {
+        for fd in 0..nfds {
+            // SAFETY: the caller's set, fd < FD_SETSIZE.
+            unsafe { libc::FD_CLR(fd, set) };
+        }
+    }
+    let mut count = 0;
+    for p in &pfds {
+        let results = [
+            (libc::POLLIN | libc::POLLHUP | libc::POLLERR, libc::POLLIN),
+            (libc::POLLOUT | libc::POLLERR, libc::POLLOUT),
+            (libc::POLLPRI, libc::POLLPRI),
+        ];
+        for (set, (ready, asked)) in sets.into_iter().zip(results) {
+            if p.events & asked != 0 && p.revents & ready != 0 {
+                // SAFETY: non-null (it was asked for), fd < FD_SETSIZE.
+                unsafe { libc::FD_SET(p.fd, set) };
+                count += 1;
+            }
+        }
+    }
+    Some(count)
+}
+
+/// Interposed `select(2)`: parks like `poll` in a fiber (a zero timeout never parks), and, as
+/// Linux does, leaves the time not slept in `timeout`.
+///
+/// # Safety
+/// libc's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn select(
+    nfds: c_int,
+    readfds: *mut libc::fd_set,
+    writefds: *mut libc::fd_set,
+    exceptfds: *mut libc::fd_set,
+    timeout: *mut libc::timeval,
+) -> c_int {
+    if active().is_some() {
+        let deadline = if timeout.is_null() {
+            Some(None)
+        } else {
+            // SAFETY: non-null, and the caller guarantees it is valid.
+            let tv = unsafe { *timeout };
+            if tv.tv_sec < 0
+                || !(0..1_000_000).contains(&tv.tv_usec)
+                || (tv.tv_sec == 0 && tv.tv_usec == 0)
+            {
+                None // invalid (EINVAL) or zero (never parks): the real call
+            } else {
+                let ns = (tv.tv_sec as u64)
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(tv.tv_usec as u64 * 1000);
+                Some(Some(Deadline::now().after(ns)))
+            }
+        };
+        if let Some(deadline) = deadline
+            && let Some(r) = hooked_select(nfds, [readfds, writefds, exceptfds], deadline)
+        {
+            if let Some(d) = deadline {
+                let left = d.remaining_from(Deadline::now());
+                // SAFETY: non-null when there is a deadline.
+                unsafe {
+                    *timeout = libc::timeval {
+                        tv_sec: (left / 1_000_000_000) as libc::time_t,
+                        tv_usec: ((left % 1_000_000_000) / 1000) as libc::suseconds_t,
+                    }
+                };
+            }
+            return r;
+        }
+    }
+    // SAFETY: forwarded unchanged.
+    unsafe { real::select(nfds, readfds, writefds, exceptfds, timeout) }
+}
+
+/// Interposed `pselect(2)`: parks like `select` in a fiber when no signal mask is given; the
+/// caller's `timeout` is left unchanged, as glibc's.
+///
+/// # Safety
+/// libc's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pselect(
+    nfds: c_int,
+    readfds: *mut libc::fd_set,
+    writefds: *mut libc::fd_set,
+    exceptfds: *mut libc::fd_set,
+    timeout: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    if sigmask.is_null() && active().is_some() {
+        let deadline = if timeout.is_null() {
+            Some(None)
+        } else {
+            // SAFETY: non-null, and the caller guarantees it is readable.
+            let ts = unsafe { *timeout };
+            if ts.tv_sec < 0
+                || !(0..1_000_000_000).contains(&ts.tv_nsec)
+                || (ts.tv_sec == 0 && ts.tv_nsec == 0)
+            {
+                None
+            } else {
+                let ns = (ts.tv_sec as u64)
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(ts.tv_nsec as u64);
+                Some(Some(Deadline::now().after(ns)))
+            }
+        };
+        if let Some(deadline) = deadline
+            && let Some(r) = hooked_select(nfds, [readfds, writefds, exceptfds], deadline)
+        {
+            return r;
+        }
+    }
+    // SAFETY: forwarded unchanged.
+    unsafe { real::pselect(nfds, readfds, writefds, exceptfds, timeout, sigmask) }
 }
 
 // ---------------------------------------------------------------------------------------------

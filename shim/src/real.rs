@@ -56,6 +56,24 @@ real_functions! {
         req: *const libc::timespec,
         rem: *mut libc::timespec,
     ) -> libc::c_int;
+    /// libc's `waitpid`.
+    fn waitpid(pid: libc::pid_t, status: *mut libc::c_int, options: libc::c_int) -> libc::pid_t;
+    /// libc's `wait4`.
+    fn wait4(
+        pid: libc::pid_t,
+        status: *mut libc::c_int,
+        options: libc::c_int,
+        rusage: *mut libc::rusage,
+    ) -> libc::pid_t;
+    /// libc's `wait`.
+    fn wait(status: *mut libc::c_int) -> libc::pid_t;
+    /// libc's `waitid`.
+    fn waitid(
+        idtype: libc::idtype_t,
+        id: libc::id_t,
+        info: *mut libc::siginfo_t,
+        options: libc::c_int,
+    ) -> libc::c_int;
     /// libc's `usleep`.
     fn usleep(usec: libc::useconds_t) -> libc::c_int;
     /// libc's `sleep`.
@@ -119,6 +137,23 @@ real_functions! {
     fn ppoll(
         fds: *mut libc::pollfd,
         nfds: libc::nfds_t,
+        timeout: *const libc::timespec,
+        sigmask: *const libc::sigset_t,
+    ) -> libc::c_int;
+    /// libc's `select`.
+    fn select(
+        nfds: libc::c_int,
+        readfds: *mut libc::fd_set,
+        writefds: *mut libc::fd_set,
+        exceptfds: *mut libc::fd_set,
+        timeout: *mut libc::timeval,
+    ) -> libc::c_int;
+    /// libc's `pselect`.
+    fn pselect(
+        nfds: libc::c_int,
+        readfds: *mut libc::fd_set,
+        writefds: *mut libc::fd_set,
+        exceptfds: *mut libc::fd_set,
         timeout: *const libc::timespec,
         sigmask: *const libc::sigset_t,
     ) -> libc::c_int;
