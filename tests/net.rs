@@ -805,7 +805,75 @@ fn errno_is_left_alone_by_a_call_that_parked_and_succeeded() {
         // SAFETY: a read into a local byte.
         let r = unsafe { libc::read(a.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
         assert_eq!(r, 1);
-        assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOENT)
+        );
+        w.join().unwrap();
+    });
+}
+
+#[test]
+fn select_parks_until_ready_or_timeout() {
+    let _watchdog = Watchdog::new(Duration::from_secs(30));
+    fibra::run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (idle, _keep) = UnixStream::pair().unwrap();
+        let stop = Rc::new(Cell::new(false));
+        let ticks = ticker(stop.clone(), Duration::from_millis(5));
+        let w = fibra::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            (&b).write_all(b"x").unwrap();
+            b
+        });
+        let nfds = a.as_raw_fd().max(idle.as_raw_fd()) + 1;
+        // SAFETY: fd_sets built with libc's macros, fds below FD_SETSIZE.
+        unsafe {
+            let mut read: libc::fd_set = std::mem::zeroed();
+            libc::FD_ZERO(&mut read);
+            libc::FD_SET(a.as_raw_fd(), &mut read);
+            libc::FD_SET(idle.as_raw_fd(), &mut read);
+            let mut tv = libc::timeval {
+                tv_sec: 5,
+                tv_usec: 0,
+            };
+            let r = libc::select(
+                nfds,
+                &mut read,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                &mut tv,
+            );
+            assert_eq!(r, 1);
+            assert!(libc::FD_ISSET(a.as_raw_fd(), &read));
+            assert!(!libc::FD_ISSET(idle.as_raw_fd(), &read));
+            assert!(tv.tv_sec < 5, "Linux leaves the time not slept");
+
+            // Nothing ready: 0 after the timeout, the other fibers running meanwhile.
+            libc::FD_ZERO(&mut read);
+            libc::FD_SET(idle.as_raw_fd(), &mut read);
+            let mut tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 150_000,
+            };
+            let start = Instant::now();
+            let r = libc::select(
+                nfds,
+                &mut read,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                &mut tv,
+            );
+            assert_eq!(r, 0);
+            assert!(start.elapsed() >= Duration::from_millis(140));
+            assert!(!libc::FD_ISSET(idle.as_raw_fd(), &read));
+            assert_eq!((tv.tv_sec, tv.tv_usec), (0, 0));
+        }
+        stop.set(true);
+        assert!(
+            ticks.join().unwrap() >= 10,
+            "other fibers ran while select waited"
+        );
         w.join().unwrap();
     });
 }
