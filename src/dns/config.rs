@@ -7,9 +7,10 @@
 //! still come from `/etc/resolv.conf` when it is readable.
 //!
 //! The `hosts` line of `/etc/nsswitch.conf` decides the order of `/etc/hosts` and DNS; anything
-//! other than `files` and `dns` there (mDNS, `myhostname`, systemd-resolved, LDAP...) is
-//! something only glibc can do, so fibra then hands lookups to glibc on a helper thread, as it
-//! does when no name server is configured at all.
+//! other than `files` and `dns` there (mDNS, `myhostname`, systemd-resolved, LDAP, action
+//! brackets...) is something only glibc can do, so fibra then hands lookups to glibc on a
+//! helper thread, as it does when no name server is configured at all. Name servers set
+//! explicitly (the three settings above) override that: `/etc/hosts`, then those servers.
 
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
@@ -139,10 +140,6 @@ fn nss_order() -> Result<Vec<Source>, String> {
 
 /// Works out the plan for the calling thread now.
 pub(crate) fn plan() -> Plan {
-    let order = match nss_order() {
-        Ok(order) => order,
-        Err(reason) => return Plan::Glibc(reason),
-    };
     let servers = THREAD_SERVERS.with(|s| s.borrow().clone()).or_else(|| {
         PROCESS_SERVERS
             .lock()
@@ -158,6 +155,14 @@ pub(crate) fn plan() -> Plan {
             },
             Err(_) => None,
         },
+    };
+    // Name servers set explicitly mean "ask these": then only /etc/hosts and DNS apply, whatever
+    // else nsswitch.conf lists. Otherwise the system's resolver configuration is followed, or
+    // left to glibc where fibra cannot follow it.
+    let order = match (nss_order(), servers.is_some()) {
+        (Ok(order), _) => order,
+        (Err(_), true) => vec![Source::Files, Source::Dns],
+        (Err(reason), false) => return Plan::Glibc(reason),
     };
     let system = hickory_resolver::system_conf::read_system_conf();
     let (config, mut options) = match (servers, system) {
