@@ -625,3 +625,60 @@ pub(crate) fn update_timer(key: TimerKey, waker: &Waker) {
 pub(crate) fn cancel_timer(key: TimerKey) {
     let _ = DRIVER.try_with(|driver| driver.timers.borrow_mut().remove(&key));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use hickory_resolver::net::runtime::{DnsUdpSocket, RuntimeProvider};
+
+    use super::*;
+    use crate::dns::runtime::{FibraRuntime, Sleep};
+
+    /// The seam for time-outs and cancellation: a lookup that runs past its deadline ends with
+    /// `TimedOut`, and the sockets and timers it held are gone from the driver.
+    #[test]
+    fn a_deadline_ends_the_wait_and_leaves_nothing_registered() {
+        let start = Instant::now();
+        let outcome = crate::run(|| {
+            let sched = Scheduler::current().expect("in run");
+            fibra_shim::without_hook(|| {
+                let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+                let never_answered = async move {
+                    let socket = FibraRuntime.bind_udp(any, any).await.unwrap();
+                    let mut buf = [0u8; 16];
+                    let _ = std::future::poll_fn(|cx| socket.poll_recv_from(cx, &mut buf)).await;
+                };
+                let long_sleep = Sleep::new(Duration::from_secs(30));
+                let both = async move {
+                    let _ = futures_join(Box::pin(never_answered), Box::pin(long_sleep)).await;
+                };
+                let deadline = Deadline::now().after(50_000_000);
+                let result = block_on(sched, both, Some(deadline));
+                let left = DRIVER.with(|d| (d.io.borrow().len(), d.timers.borrow().len()));
+                (result.is_err(), left)
+            })
+        });
+        assert_eq!(outcome, (true, (0, 0)));
+        // And the pump let `run` return at once.
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    async fn futures_join<A: Future + Unpin, B: Future + Unpin>(mut a: A, mut b: B) {
+        std::future::poll_fn(|cx| {
+            let ra = Pin::new(&mut a).poll(cx).is_ready();
+            let rb = Pin::new(&mut b).poll(cx).is_ready();
+            if ra && rb {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
