@@ -510,6 +510,37 @@ fn canonical_names_services_and_both_families_from_dns() {
     assert!(service.iter().all(|n| n.addr[2..4] == 53u16.to_be_bytes()));
 }
 
+/// A truncated UDP answer is fetched again over TCP (fibra's TCP stream and hickory's
+/// multiplexing task), and the idle TCP connection left in the resolver does not keep
+/// `fibra::run` from returning.
+#[test]
+fn truncated_answers_are_retried_over_tcp() {
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    let server = TestServer::start(Duration::ZERO);
+    fibra::dns::set_thread_nameservers([server.addr]);
+    let start = Instant::now();
+    let got = in_fiber(|| {
+        let h = hints(0, libc::AF_INET, libc::SOCK_STREAM, 0);
+        call(
+            interposed(),
+            Some("big.test"),
+            Some("443"),
+            Some(&h),
+            free_interposed,
+        )
+    });
+    let elapsed = start.elapsed();
+    fibra::dns::reset_thread_nameservers();
+    let mut got = ips(&got.unwrap());
+    got.sort();
+    let want: Vec<IpAddr> = (1..=40)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(10, 2, 0, i)))
+        .collect();
+    assert_eq!(got, want);
+    assert!(server.tcp_queries() >= 1, "no query came over TCP");
+    assert!(elapsed < Duration::from_secs(5), "run took {elapsed:?}");
+}
+
 #[test]
 fn numeric_hosts_and_hosts_file_never_reach_dns_and_answers_are_cached() {
     let _watchdog = Watchdog::new(Duration::from_secs(60));

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -15,17 +16,19 @@ use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 /// Answers waiting for their send time: (due, bytes, peer), in due order (the delay is fixed).
 type Outbox = (Mutex<VecDeque<(Instant, Vec<u8>, SocketAddr)>>, Condvar);
 
-/// A UDP name server on 127.0.0.1 that answers every query after `delay`:
+/// A name server on 127.0.0.1 (UDP and TCP, one port) that answers every query after `delay`:
 /// - `hostN.test`: A 10.0.(N/256).(N%256), no AAAA (NOERROR, empty);
 /// - `both.test`: A 10.1.1.1 and AAAA fd00::1;
 /// - `v6only.test`: AAAA fd00::6 only;
 /// - `alias.test`: CNAME `target.test`, whose A is 10.9.9.9;
+/// - `big.test`: 40 A records, too many for UDP: truncated there, served over TCP;
 /// - `nodata.test`: exists, no addresses;
 /// - `servfail.test`: SERVFAIL;
 /// - anything else: NXDOMAIN.
 pub struct TestServer {
     pub addr: SocketAddr,
     queries: Arc<AtomicUsize>,
+    tcp_queries: Arc<AtomicUsize>,
 }
 
 impl TestServer {
@@ -37,8 +40,27 @@ impl TestServer {
 
     /// Starts the server on `addr` (glibc's resolver only speaks to port 53).
     pub fn start_on(addr: SocketAddr, delay: Duration) -> std::io::Result<TestServer> {
-        let socket = UdpSocket::bind(addr)?;
+        // UDP and TCP on the same port (TCP carries answers too large for UDP).
+        let (socket, listener) = loop {
+            let socket = UdpSocket::bind(addr)?;
+            match TcpListener::bind(socket.local_addr()?) {
+                Ok(listener) => break (socket, listener),
+                Err(e) if addr.port() != 0 => return Err(e),
+                Err(_) => continue,
+            }
+        };
         let addr = socket.local_addr()?;
+        let tcp_counter = Arc::new(AtomicUsize::new(0));
+        let tcp_queries = Arc::clone(&tcp_counter);
+        std::thread::Builder::new()
+            .name("dns-test-tcp".into())
+            .spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let counter = Arc::clone(&tcp_queries);
+                    std::thread::spawn(move || serve_tcp(conn, &counter, delay));
+                }
+            })
+            .unwrap();
         let queries = Arc::new(AtomicUsize::new(0));
         let outbox: Arc<Outbox> = Arc::default();
         let sender_socket = socket.try_clone().unwrap();
@@ -78,7 +100,7 @@ impl TestServer {
                         continue;
                     };
                     counter.fetch_add(1, Ordering::SeqCst);
-                    let reply = answer(&query);
+                    let reply = answer(&query, true);
                     let (lock, cv) = &*outbox;
                     lock.lock()
                         .unwrap()
@@ -87,16 +109,25 @@ impl TestServer {
                 }
             })
             .unwrap();
-        Ok(TestServer { addr, queries })
+        Ok(TestServer {
+            addr,
+            queries,
+            tcp_queries: tcp_counter,
+        })
     }
 
-    /// Queries received so far.
+    /// UDP queries received so far.
     pub fn queries(&self) -> usize {
         self.queries.load(Ordering::SeqCst)
     }
+
+    /// TCP queries received so far.
+    pub fn tcp_queries(&self) -> usize {
+        self.tcp_queries.load(Ordering::SeqCst)
+    }
 }
 
-fn answer(query: &Message) -> Vec<u8> {
+fn answer(query: &Message, udp: bool) -> Vec<u8> {
     let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
     reply.metadata.recursion_desired = query.metadata.recursion_desired;
     reply.metadata.recursion_available = true;
@@ -138,6 +169,18 @@ fn answer(query: &Message) -> Vec<u8> {
                 reply.add_answer(a(&target, Ipv4Addr::new(10, 9, 9, 9)));
             }
         }
+        "big.test." => {
+            // 40 addresses: over UDP only the truncation bit, so the client retries over TCP.
+            if udp {
+                reply.metadata.truncation = true;
+                return reply.to_vec().unwrap();
+            }
+            if rtype == RecordType::A {
+                for i in 1..=40 {
+                    reply.add_answer(a(&owner, Ipv4Addr::new(10, 2, 0, i)));
+                }
+            }
+        }
         "nodata.test." => {}
         "servfail.test." => reply.metadata.response_code = ResponseCode::ServFail,
         other => match other
@@ -168,6 +211,31 @@ fn answer(query: &Message) -> Vec<u8> {
         reply.add_authority(Record::from_rdata(zone, 60, RData::SOA(soa)));
     }
     reply.to_vec().unwrap()
+}
+
+/// One TCP connection: length-prefixed queries, answered in order after `delay`.
+fn serve_tcp(mut conn: TcpStream, counter: &AtomicUsize, delay: Duration) {
+    loop {
+        let mut len = [0u8; 2];
+        if conn.read_exact(&mut len).is_err() {
+            return;
+        }
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        if conn.read_exact(&mut buf).is_err() {
+            return;
+        }
+        let Ok(query) = Message::from_vec(&buf) else {
+            return;
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        let reply = answer(&query, false);
+        std::thread::sleep(delay);
+        let mut out = (reply.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(&reply);
+        if conn.write_all(&out).is_err() {
+            return;
+        }
+    }
 }
 
 /// The address `hostN.test` resolves to.
