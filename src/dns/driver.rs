@@ -21,11 +21,11 @@
 //! The pump exits as soon as no fiber waits in `block_on`, so an idle resolver (an idle TCP
 //! connection, an unfired timer of a dropped future) never keeps `fibra::run` from returning.
 //!
-//! **Wakers** are `Send + Sync` (hickory requires it) but act only on the thread that owns the
-//! driver: every future, socket and timer here lives on that thread and hickory's channels wake
-//! from inside polls on it. A wake from another thread would be a bug in this design; it is
-//! caught by a debug assertion and otherwise only sets the atomic flag (the next poll of the
-//! task sees it), never touching the scheduler's `RefCell`s.
+//! **Wakers** are `Send + Sync` (hickory requires it). Every future, socket and timer here lives
+//! on the driver's thread and hickory wakes from inside polls on it, so wakes normally act
+//! directly (unpark, ready queue). A wake from another thread never touches a `RefCell`: a
+//! lookup's waker goes through the scheduler's synchronised cross-thread inbox
+//! (`sync::Remote`), a task's through the driver's locked inbox and its eventfd doorbell.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -54,6 +54,7 @@ struct TaskSignal {
     id: usize,
     queued: AtomicBool,
     thread: ThreadId,
+    inbox: Arc<Inbox>,
 }
 
 impl Wake for TaskSignal {
@@ -64,11 +65,36 @@ impl Wake for TaskSignal {
         if self.queued.swap(true, Ordering::AcqRel) {
             return;
         }
-        if std::thread::current().id() != self.thread {
-            debug_assert!(false, "fibra dns: a task was woken from another thread");
-            return;
+        if std::thread::current().id() == self.thread {
+            let _ = DRIVER.try_with(|d| d.task_woken(self.id));
+        } else {
+            self.inbox.push(self.id);
         }
-        let _ = DRIVER.try_with(|d| d.task_woken(self.id));
+    }
+}
+
+/// Task wakes that come from other threads (hickory wakes from inside polls on the driver's
+/// thread, but a `Waker` is `Send + Sync` and may travel): queued under a lock and signalled
+/// through the doorbell; the pump moves them to the ready queue.
+struct Inbox {
+    /// Woken task ids, and the doorbell eventfd (-1 until made, and once closed).
+    state: Mutex<(Vec<usize>, RawFd)>,
+}
+
+impl Inbox {
+    fn push(&self, id: usize) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.0.push(id);
+        if state.1 >= 0 {
+            let one: u64 = 1;
+            // SAFETY: 8 bytes to the driver's eventfd, which cannot be closed while we hold the
+            // lock (the driver closes it under the lock).
+            unsafe { libc::write(state.1, (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    fn take(&self) -> Vec<usize> {
+        std::mem::take(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()).0)
     }
 }
 
@@ -78,6 +104,8 @@ struct FiberSignal {
     /// The park to end, while the fiber is parked.
     token: Mutex<Option<WakeToken>>,
     thread: ThreadId,
+    /// The scheduler's cross-thread wake path, for a wake from another thread.
+    remote: Arc<crate::sync::Remote>,
 }
 
 impl Wake for FiberSignal {
@@ -86,13 +114,15 @@ impl Wake for FiberSignal {
     }
     fn wake_by_ref(self: &Arc<Self>) {
         self.woken.store(true, Ordering::Release);
-        if std::thread::current().id() != self.thread {
-            debug_assert!(false, "fibra dns: a lookup was woken from another thread");
-            return;
-        }
         let token = self.token.lock().map(|mut t| t.take()).unwrap_or(None);
-        if let (Some(token), Some(sched)) = (token, Scheduler::current()) {
-            sched.unpark(token, crate::fiber::Wake::Ready);
+        let Some(token) = token else { return };
+        if std::thread::current().id() == self.thread {
+            if let Some(sched) = Scheduler::current() {
+                sched.unpark(token, crate::fiber::Wake::Ready);
+            }
+        } else {
+            // Never touch the scheduler's RefCells from here: its inbox is synchronised.
+            self.remote.wake(token);
         }
     }
 }
@@ -143,6 +173,8 @@ pub(crate) struct Driver {
     doorbell: Cell<RawFd>,
     /// The driver's own epoll instance, holding the doorbell and every registered fd.
     epfd: Cell<RawFd>,
+    /// Task wakes from other threads (made on first spawn).
+    inbox: RefCell<Option<Arc<Inbox>>>,
 }
 
 thread_local! {
@@ -165,7 +197,26 @@ impl Driver {
             rung: Cell::new(false),
             doorbell: Cell::new(-1),
             epfd: Cell::new(-1),
+            inbox: RefCell::new(None),
         }
+    }
+
+    fn inbox(&self) -> Arc<Inbox> {
+        let mut inbox = self.inbox.borrow_mut();
+        Arc::clone(inbox.get_or_insert_with(|| {
+            Arc::new(Inbox {
+                state: Mutex::new((Vec::new(), self.doorbell.get())),
+            })
+        }))
+    }
+
+    /// Moves task wakes that came from other threads to the ready queue.
+    fn drain_inbox(&self) {
+        let ids = match &*self.inbox.borrow() {
+            Some(inbox) => inbox.take(),
+            None => return,
+        };
+        self.ready.borrow_mut().extend(ids);
     }
 
     fn task_woken(&self, id: usize) {
@@ -303,6 +354,9 @@ impl Driver {
             }
             self.doorbell.set(bell);
             self.epfd.set(epfd);
+            if let Some(inbox) = &*self.inbox.borrow() {
+                inbox.state.lock().unwrap_or_else(|e| e.into_inner()).1 = bell;
+            }
         }
         true
     }
@@ -348,6 +402,7 @@ impl Driver {
         loop {
             self.fire_timers();
             self.dispatch_io();
+            self.drain_inbox();
             self.run_ready_tasks();
             if self.waiting.get() == 0 {
                 break;
@@ -365,6 +420,10 @@ impl Drop for Driver {
     fn drop(&mut self) {
         // Thread exit: the tasks (and their sockets) go first, then the driver's own fds.
         self.tasks.get_mut().clear();
+        if let Some(inbox) = self.inbox.get_mut() {
+            // Foreign wakers write the doorbell under this lock: none can after this.
+            inbox.state.lock().unwrap_or_else(|e| e.into_inner()).1 = -1;
+        }
         for fd in [self.doorbell.get(), self.epfd.get()] {
             if fd >= 0 {
                 // SAFETY: fds this driver created and nothing else uses.
@@ -445,6 +504,7 @@ pub(crate) fn block_on<F: Future>(
             woken: AtomicBool::new(false),
             token: Mutex::new(None),
             thread: std::thread::current().id(),
+            remote: Arc::clone(&sched.sync.remote),
         });
         let waker = Waker::from(Arc::clone(&signal));
         let mut cx = Context::from_waker(&waker);
@@ -507,6 +567,7 @@ pub(crate) fn spawn(future: impl Future<Output = ()> + Send + 'static) {
             id,
             queued: AtomicBool::new(false),
             thread: std::thread::current().id(),
+            inbox: driver.inbox(),
         });
         let waker = Waker::from(Arc::clone(&signal));
         driver.tasks.borrow_mut()[id] = Some(Task {
@@ -667,6 +728,72 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    /// Wakers are `Send + Sync`: a background task woken from another thread is run (driver
+    /// inbox), and a lookup woken from another thread resumes (scheduler's remote inbox).
+    #[test]
+    fn wakes_from_other_threads_reach_tasks_and_lookups() {
+        let finished = crate::run(|| {
+            let sched = Scheduler::current().expect("in run");
+            fibra_shim::without_hook(|| {
+                let task_may_finish = Arc::new(AtomicBool::new(false));
+                let task_done = Arc::new(AtomicBool::new(false));
+                let task_waker: Arc<Mutex<Option<Waker>>> = Arc::default();
+                let lookup_waker: Arc<Mutex<Option<Waker>>> = Arc::default();
+                {
+                    let (may, done, slot) = (
+                        Arc::clone(&task_may_finish),
+                        Arc::clone(&task_done),
+                        Arc::clone(&task_waker),
+                    );
+                    spawn(async move {
+                        std::future::poll_fn(|cx| {
+                            if may.load(Ordering::Acquire) {
+                                return Poll::Ready(());
+                            }
+                            *slot.lock().unwrap() = Some(cx.waker().clone());
+                            Poll::Pending
+                        })
+                        .await;
+                        done.store(true, Ordering::Release);
+                    });
+                }
+                let helper = {
+                    let (done, task_waker, lookup_waker) = (
+                        Arc::clone(&task_done),
+                        Arc::clone(&task_waker),
+                        Arc::clone(&lookup_waker),
+                    );
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_millis(20));
+                        task_may_finish.store(true, Ordering::Release);
+                        if let Some(w) = task_waker.lock().unwrap().take() {
+                            w.wake();
+                        }
+                        while !done.load(Ordering::Acquire) {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        if let Some(w) = lookup_waker.lock().unwrap().take() {
+                            w.wake();
+                        }
+                    })
+                };
+                let done = Arc::clone(&task_done);
+                let lookup = std::future::poll_fn(move |cx| {
+                    if done.load(Ordering::Acquire) {
+                        return Poll::Ready(());
+                    }
+                    *lookup_waker.lock().unwrap() = Some(cx.waker().clone());
+                    Poll::Pending
+                });
+                let deadline = Deadline::now().after(5_000_000_000);
+                let result = block_on(sched, lookup, Some(deadline));
+                helper.join().unwrap();
+                result.is_ok()
+            })
+        });
+        assert!(finished, "a wake from another thread was lost");
     }
 
     async fn futures_join<A: Future + Unpin, B: Future + Unpin>(mut a: A, mut b: B) {
