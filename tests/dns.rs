@@ -276,6 +276,51 @@ fn matches_glibc_for_a_table_of_queries() {
         (Some("127.0.0.1"), Some("-1"), None),
         (Some("127.0.0.1"), Some("65616"), None),
         (Some("127.0.0.1"), Some(""), None),
+        (
+            Some("127.0.0.1"),
+            Some("0"),
+            Some((AI_PASSIVE, AF_UNSPEC, 0, 0)),
+        ),
+        (
+            None,
+            Some("65535"),
+            Some((AI_PASSIVE, AF_INET6, SOCK_DGRAM, 0)),
+        ),
+        (
+            Some("::"),
+            Some("http"),
+            Some((AI_CANONNAME, AF_UNSPEC, SOCK_STREAM, 0)),
+        ),
+        (
+            Some("1.2.3.4"),
+            Some("domain"),
+            Some((0, AF_INET, 0, IPPROTO_UDP)),
+        ),
+        (
+            Some("1.2.3.4"),
+            Some("ssh"),
+            Some((0, AF_UNSPEC, SOCK_DGRAM, 0)),
+        ),
+        (
+            Some("1.2.3.4"),
+            Some("http"),
+            Some((0, AF_UNSPEC, 0, libc::IPPROTO_SCTP)),
+        ),
+        (
+            Some("1.2.3.4"),
+            None,
+            Some((0, AF_UNSPEC, libc::SOCK_SEQPACKET, 0)),
+        ),
+        (
+            Some("1.2.3.4"),
+            None,
+            Some((0, AF_UNSPEC, SOCK_RAW, IPPROTO_UDP)),
+        ),
+        (
+            Some("1.2.3.4"),
+            Some("http"),
+            Some((0, AF_UNSPEC, libc::SOCK_DCCP, 0)),
+        ),
     ];
     let expected: Vec<Result<Vec<Node>, i32>> = cases
         .iter()

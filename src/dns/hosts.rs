@@ -39,7 +39,7 @@ impl HostsFile {
     /// What the `files` module answers for `name`: `NotFound` when no line has an address of
     /// that family for it (the next NSS module, DNS, is then asked).
     pub fn lookup(&self, name: &str, family: Family) -> HostAnswer {
-        let name = name.strip_suffix('.').unwrap_or(name);
+        // Compared as given, like glibc's files module: "localhost." is not "localhost".
         let mut addrs = Vec::new();
         let mut canonical = None;
         for (addr, canon, aliases) in &self.lines {
