@@ -394,6 +394,7 @@ pub(crate) fn install() {
 
 extern "C" fn reset_after_fork() {
     TABLE.reset_after_fork();
+    HELPERS.reset_after_fork();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -910,39 +911,184 @@ pub(crate) fn run_blocking(sched: &Scheduler, call: &mut (dyn FnMut() + Send), w
         )
     });
     let helper_job = Arc::clone(&job);
-    let spawned = std::thread::Builder::new()
-        .name("fibra-blocking".into())
-        .spawn(move || {
-            let ptr = ptr;
-            // SAFETY: see `CallPtr`.
-            unsafe { (*ptr.0)() };
-            let token = {
-                let _guard = helper_job.lock.lock();
-                helper_job.done.set(true);
-                helper_job.token.get()
-            };
-            if let Some(token) = token {
-                helper_job.remote.wake(token);
-            }
-        });
-    if spawned.is_err() {
+    let work: HelperJob = Box::new(move || {
+        let ptr = ptr;
+        // SAFETY: see `CallPtr`.
+        unsafe { (*ptr.0)() };
+        let token = {
+            let _guard = helper_job.lock.lock();
+            helper_job.done.set(true);
+            helper_job.token.get()
+        };
+        if let Some(token) = token {
+            helper_job.remote.wake(token);
+        }
+    });
+    if let Err(work) = HELPERS.submit(work) {
         // No thread to spare: block this one, as libc would have.
-        call();
+        work();
         return;
     }
     let st = &sched.sync;
     st.external.set(st.external.get() + 1);
     st.surely_external.set(st.surely_external.get() + 1);
+    // The other fibers get a turn during every blocking call, even one the helper finishes
+    // before this fiber would have parked (a woken helper often preempts the waker).
+    let mut gave_a_turn = false;
     loop {
-        {
+        let done = {
             let _guard = job.lock.lock();
-            if job.done.get() {
-                break;
+            if !job.done.get() {
+                job.token.set(Some(sched.prepare_park()));
             }
-            job.token.set(Some(sched.prepare_park()));
+            job.done.get()
+        };
+        if done {
+            if !gave_a_turn {
+                sched.yield_now();
+            }
+            break;
         }
         sched.park(WaitReason::Blocking(what));
+        gave_a_turn = true;
     }
     st.external.set(st.external.get() - 1);
     st.surely_external.set(st.surely_external.get() - 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helper threads for blocking calls.
+
+type HelperJob = Box<dyn FnOnce() + Send>;
+
+/// An idle helper thread: parked on `word` until a job is handed to it.
+struct IdleHelper {
+    /// 0 while idle, 1 once `job` holds its next job.
+    word: AtomicU32,
+    job: UnsafeCell<Option<HelperJob>>,
+}
+
+// SAFETY: `job` is written by the one submitter that took this helper off the idle list, before
+// it publishes `word` (Release), and read by the helper after it sees `word` (Acquire).
+unsafe impl Sync for IdleHelper {}
+
+/// Threads that run blocking calls for fibers (`run_blocking`): a call takes an idle helper or
+/// starts a new one; a helper idle for [`HELPER_IDLE_NS`] exits. Every call has a thread of its
+/// own for as long as it runs (a `pthread_join` may block for ever). Built on fibra's raw lock
+/// and raw futex calls, so it can be reset in a forked child.
+struct Helpers {
+    lock: RawLock,
+    idle: UnsafeCell<Vec<Arc<IdleHelper>>>,
+}
+
+// SAFETY: `idle` is only touched under `lock`.
+unsafe impl Sync for Helpers {}
+
+static HELPERS: Helpers = Helpers {
+    lock: RawLock::new(),
+    idle: UnsafeCell::new(Vec::new()),
+};
+
+/// How long a helper thread waits for another job before it exits.
+const HELPER_IDLE_NS: i64 = 10_000_000_000;
+
+impl Helpers {
+    /// Runs `job` on a helper thread; gives it back if no thread could be started.
+    fn submit(&'static self, job: HelperJob) -> Result<(), HelperJob> {
+        let idle = {
+            let _guard = self.lock.lock();
+            // SAFETY: under `lock`.
+            unsafe { &mut *self.idle.get() }.pop()
+        };
+        if let Some(helper) = idle {
+            // SAFETY: taken off the idle list by us alone: no one else writes `job`.
+            unsafe { *helper.job.get() = Some(job) };
+            helper.word.store(1, Ordering::Release);
+            raw_futex(&helper.word, libc::FUTEX_WAKE, 1, std::ptr::null());
+            return Ok(());
+        }
+        let job = std::sync::Arc::new(std::sync::Mutex::new(Some(job)));
+        let theirs = job.clone();
+        let spawned = std::thread::Builder::new()
+            .name("fibra-blocking".into())
+            .spawn(move || {
+                let first = theirs.lock().ok().and_then(|mut j| j.take());
+                if let Some(first) = first {
+                    self.helper_main(first);
+                }
+            });
+        match spawned {
+            Ok(_) => Ok(()),
+            Err(_) => Err(job
+                .lock()
+                .ok()
+                .and_then(|mut j| j.take())
+                .expect("the job was not taken by a thread that did not start")),
+        }
+    }
+
+    fn helper_main(&'static self, first: HelperJob) {
+        let mut job = first;
+        loop {
+            job();
+            let me = Arc::new(IdleHelper {
+                word: AtomicU32::new(0),
+                job: UnsafeCell::new(None),
+            });
+            {
+                let _guard = self.lock.lock();
+                // SAFETY: under `lock`.
+                unsafe { &mut *self.idle.get() }.push(me.clone());
+            }
+            let timeout = libc::timespec {
+                tv_sec: (HELPER_IDLE_NS / 1_000_000_000) as libc::time_t,
+                tv_nsec: 0,
+            };
+            while me.word.load(Ordering::Acquire) == 0 {
+                let timed_out =
+                    raw_futex(&me.word, libc::FUTEX_WAIT, 0, &timeout) == -libc::ETIMEDOUT as i64;
+                if timed_out && me.word.load(Ordering::Acquire) == 0 {
+                    let _guard = self.lock.lock();
+                    // SAFETY: under `lock`.
+                    let idle = unsafe { &mut *self.idle.get() };
+                    if let Some(pos) = idle.iter().position(|h| Arc::ptr_eq(h, &me)) {
+                        idle.swap_remove(pos);
+                        return;
+                    }
+                    // A submitter took us off the list just now: its job is on the way.
+                }
+            }
+            // SAFETY: `word` is 1 (Acquire): the submitter's write of `job` is visible and done.
+            job = unsafe { (*me.job.get()).take() }.expect("a job comes with the wake");
+        }
+    }
+
+    /// Forgets every helper in a forked child (they are threads of the parent).
+    fn reset_after_fork(&self) {
+        self.lock.reset();
+        // SAFETY: the child is single-threaded; the old list is leaked, never touched again.
+        std::mem::forget(std::mem::take(unsafe { &mut *self.idle.get() }));
+    }
+}
+
+/// A raw futex call on a private word, straight to the kernel (never the interposed
+/// `syscall`, so never the fiber table). Returns the result, or minus the errno.
+fn raw_futex(word: &AtomicU32, op: libc::c_int, val: u32, timeout: *const libc::timespec) -> i64 {
+    // SAFETY: a futex call on a live, aligned word with a valid (or null) timeout.
+    let r = unsafe {
+        fibra_shim::real::syscall(
+            libc::SYS_futex,
+            word as *const AtomicU32 as libc::c_long,
+            (op | libc::FUTEX_PRIVATE_FLAG) as libc::c_long,
+            val as libc::c_long,
+            timeout as libc::c_long,
+            0,
+            0,
+        )
+    };
+    if r < 0 {
+        -(fibra_shim::errno() as i64)
+    } else {
+        r as i64
+    }
 }

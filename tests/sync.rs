@@ -1219,3 +1219,31 @@ fn a_shared_futex_woken_by_another_process_ends_the_fibers_wait() {
         libc::munmap(page, 4096);
     }
 }
+
+/// Every blocking join gets a helper thread of its own: twenty fibers joining twenty sleeping
+/// threads at once wait one sleep, not twenty; later joins reuse the idle helpers.
+#[test]
+fn concurrent_joins_from_fibers_each_get_a_helper() {
+    let _w = Watchdog::new(Duration::from_secs(30));
+    fibra::run(|| {
+        for round in 0..2 {
+            let start = Instant::now();
+            let joiners: Vec<_> = (0..20)
+                .map(|i| {
+                    let t = thread::spawn(move || {
+                        thread::sleep(HOLD);
+                        i
+                    });
+                    fibra::spawn(move || t.join().unwrap())
+                })
+                .collect();
+            let sum: u32 = joiners.into_iter().map(|j| j.join().unwrap()).sum();
+            assert_eq!(sum, (0..20).sum());
+            let took = start.elapsed();
+            assert!(
+                took < HOLD * 10,
+                "round {round}: 20 joins took {took:?}: serialized"
+            );
+        }
+    });
+}
