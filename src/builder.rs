@@ -89,6 +89,6 @@ where
     let slot = Rc::clone(&inner);
     let body = move || slot.complete(catch_unwind(AssertUnwindSafe(f)));
     // SAFETY: forwarded from the caller.
-    let id = unsafe { sched.spawn_raw(name, stack_size, body)? };
-    Ok(JoinHandle::new(inner, id))
+    let (id, fiber_slot) = unsafe { sched.spawn_fiber(name, stack_size, body)? };
+    Ok(JoinHandle::new(inner, id, fiber_slot))
 }

@@ -90,7 +90,10 @@ impl fmt::Display for WaitReason {
             ),
             WaitReason::Resolve => write!(f, "resolving a host name (getaddrinfo)"),
             WaitReason::Blocking(fibra_shim::BlockingCall::GetAddrInfo) => {
-                write!(f, "resolving a host name (glibc getaddrinfo on a helper thread)")
+                write!(
+                    f,
+                    "resolving a host name (glibc getaddrinfo on a helper thread)"
+                )
             }
             WaitReason::Blocking(fibra_shim::BlockingCall::ThreadJoin) => {
                 write!(f, "joining an OS thread (pthread_join)")
@@ -106,6 +109,8 @@ pub(crate) enum Wake {
     Ready,
     /// Its timer fired.
     Timer,
+    /// It was cancelled while parked in an interruptible wait (see `timeout`).
+    Interrupted,
 }
 
 /// Names one particular park of one fiber. Using it wakes the fiber if, and only if, the fiber is
@@ -135,6 +140,8 @@ pub(crate) struct Fiber {
     pub parked_spans: crate::trace_context::ParkedSpans,
     /// The fiber's `FiberLocal` values (see `local`).
     pub locals: crate::local::LocalStorage,
+    /// Timeout scopes and cancellation (see `timeout`).
+    pub interrupt: crate::timeout::InterruptState,
     /// Guard page range and usable size, read by the overflow handler.
     pub guard: (usize, usize),
     pub stack_size: usize,

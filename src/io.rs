@@ -129,7 +129,7 @@ impl Io {
         });
         self.waiting.set(self.waiting.get() + 1);
         let write = interest.intersects(Readiness::WRITABLE);
-        let wake = sched.park_until(token, WaitReason::Io { fd, write }, deadline);
+        let wake = sched.park_interruptible(token, WaitReason::Io { fd, write }, deadline);
         self.waiting.set(self.waiting.get() - 1);
         let closed = self.with_slot(fd, |slot| {
             slot.waiters.retain(|w| w.token != token);
@@ -138,10 +138,11 @@ impl Io {
         if closed {
             return Err(Errno::EBADF);
         }
-        Ok(match wake {
-            Wake::Timer => Readiness::NONE,
-            _ => interest,
-        })
+        match wake {
+            Ok(Wake::Timer) => Ok(Readiness::NONE),
+            Ok(_) => Ok(interest),
+            Err(interrupt) => Err(interrupt.errno()),
+        }
     }
 
     /// Parks the running fiber until any of `fds` may be ready (`poll`). See
@@ -163,17 +164,18 @@ impl Io {
             }
         }
         self.waiting.set(self.waiting.get() + 1);
-        let wake = sched.park_until(token, WaitReason::Poll { fds: watched }, deadline);
+        let wake = sched.park_interruptible(token, WaitReason::Poll { fds: watched }, deadline);
         self.waiting.set(self.waiting.get() - 1);
         for &(fd, _) in fds {
             if fd >= 0 && (fd as usize) < self.slots.borrow().len() {
                 self.with_slot(fd, |slot| slot.waiters.retain(|w| w.token != token));
             }
         }
-        Ok(match wake {
-            Wake::Timer => Readiness::NONE,
-            _ => Readiness::BOTH,
-        })
+        match wake {
+            Ok(Wake::Timer) => Ok(Readiness::NONE),
+            Ok(_) => Ok(Readiness::BOTH),
+            Err(interrupt) => Err(interrupt.errno()),
+        }
     }
 
     /// A read drained `fd` (see `Hook::note_drained`).

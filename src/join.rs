@@ -7,6 +7,7 @@ use std::thread;
 
 use crate::fiber::{FiberId, WaitReason, WakeToken};
 use crate::scheduler::Scheduler;
+use crate::timeout::Cancelled;
 
 /// The result slot shared by a fiber and its [`JoinHandle`].
 pub(crate) struct JoinInner<T> {
@@ -24,8 +25,13 @@ impl<T> JoinInner<T> {
         }
     }
 
-    /// Called by the fiber as its last act: stores the result and wakes the joiner.
+    /// Called by the fiber as its last act: stores the result and wakes the joiner. A fiber
+    /// that was cancelled and returned (rather than panicked) reports `Err(Cancelled)`.
     pub fn complete(&self, result: thread::Result<T>) {
+        let result = match result {
+            Ok(_) if crate::timeout::is_cancelled() => Err(Box::new(Cancelled::new()) as _),
+            other => other,
+        };
         *self.result.borrow_mut() = Some(result);
         self.finished.set(true);
         if let Some(waiter) = self.waiter.take() {
@@ -42,16 +48,37 @@ impl<T> JoinInner<T> {
 pub struct JoinHandle<T> {
     inner: Rc<JoinInner<T>>,
     id: FiberId,
+    slot: u32,
 }
 
 impl<T> JoinHandle<T> {
-    pub(crate) fn new(inner: Rc<JoinInner<T>>, id: FiberId) -> JoinHandle<T> {
-        JoinHandle { inner, id }
+    pub(crate) fn new(inner: Rc<JoinInner<T>>, id: FiberId, slot: u32) -> JoinHandle<T> {
+        JoinHandle { inner, id, slot }
+    }
+
+    /// Cancels the fiber: the interruptible blocking call it is parked in, and every one it
+    /// makes afterwards, fails at once (sockets, pipes, `poll` and process waits with
+    /// `ECANCELED`, sleeps end early, name lookups with `EAI_AGAIN`; see [`fibra::timeout`]
+    /// for what is interruptible). Nothing unwinds: the fiber sees errors, its destructors run
+    /// normally, and [`join`](JoinHandle::join) then returns `Err` with a [`Cancelled`]
+    /// payload (or the fiber's panic, if it panicked). A fiber can check
+    /// [`fibra::is_cancelled`]. Cancelling a finished fiber does nothing.
+    ///
+    /// [`fibra::timeout`]: crate::timeout
+    /// [`fibra::is_cancelled`]: crate::is_cancelled
+    pub fn cancel(&self) {
+        if self.inner.finished.get() {
+            return;
+        }
+        if let Some(sched) = Scheduler::current() {
+            sched.cancel(self.id, self.slot);
+        }
     }
 
     /// Waits for the fiber to finish and returns its result; a panic in the fiber arrives as
-    /// `Err` with its payload, as from [`std::thread::JoinHandle::join`]. Parks only the calling
-    /// fiber.
+    /// `Err` with its payload, as from [`std::thread::JoinHandle::join`], and a cancelled fiber
+    /// as `Err` with a [`Cancelled`] payload. Parks only the calling fiber (not interruptible
+    /// by timeouts or cancellation).
     pub fn join(self) -> thread::Result<T> {
         while !self.inner.finished.get() {
             let sched = match Scheduler::current() {

@@ -40,6 +40,7 @@ mod reactor;
 mod scheduler;
 mod stack;
 mod sync;
+mod timeout;
 mod timer;
 mod trace_context;
 
@@ -54,6 +55,7 @@ pub use fibra_shim::{Deadline, Errno, Hook, WaitClock};
 pub use join::JoinHandle;
 pub use local::FiberLocal;
 pub use stack::{DEFAULT_STACK_SIZE, MIN_STACK_SIZE};
+pub use timeout::{Cancelled, Elapsed, is_cancelled, timeout};
 
 use scheduler::Scheduler;
 
@@ -143,14 +145,16 @@ pub fn yield_now() {
 }
 
 /// Parks the calling fiber for `duration`. Outside a fiber, the same as
-/// [`std::thread::sleep`] (which, inside a fiber, also parks only the fiber).
+/// [`std::thread::sleep`] (which, inside a fiber, also parks only the fiber). Like every sleep,
+/// it ends early when a [`timeout`] scope expires or the fiber is cancelled.
 pub fn sleep(duration: Duration) {
     match Scheduler::current() {
         Some(sched) if sched.current_fiber().is_some() => {
             let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
             let deadline = Deadline::now().after(ns);
+            // An error means a timeout scope or a cancellation cut the sleep short: return.
             fibra_shim::without_hook(|| {
-                while sched.sleep_until(deadline).is_err() && Deadline::now() < deadline {}
+                let _ = sched.sleep_until(deadline);
             })
         }
         _ => std::thread::sleep(duration),

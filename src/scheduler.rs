@@ -144,6 +144,23 @@ impl Scheduler {
     where
         F: FnOnce(),
     {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.spawn_fiber(name, stack_size, body) }.map(|(id, _)| id)
+    }
+
+    /// [`Scheduler::spawn_raw`], also returning the fiber's slot (for `JoinHandle::cancel`).
+    ///
+    /// # Safety
+    /// As for [`Scheduler::spawn_raw`].
+    pub unsafe fn spawn_fiber<F>(
+        &self,
+        name: Option<String>,
+        stack_size: usize,
+        body: F,
+    ) -> io::Result<(FiberId, u32)>
+    where
+        F: FnOnce(),
+    {
         let stack = self.stacks.borrow_mut().allocate(stack_size)?;
         let guard = stack.guard_range();
         let size = stack.size();
@@ -189,6 +206,7 @@ impl Scheduler {
             parked_spans: crate::trace_context::ParkedSpans::new(),
             // O(1): the spawner's values are shared until either side writes.
             locals: crate::local::LocalStorage::inherit(),
+            interrupt: crate::timeout::InterruptState::new(),
             guard,
             stack_size: size,
         });
@@ -197,7 +215,7 @@ impl Scheduler {
         self.live.set(self.live.get() + 1);
         self.run_queue.borrow_mut().push_back(ptr);
         tracing::trace!(fiber = id.0, "spawned");
-        Ok(id)
+        Ok((id, slot))
     }
 
     /// Starts a new park of the running fiber and returns the token that ends it.
@@ -252,22 +270,79 @@ impl Scheduler {
         self.switch_out(fiber);
     }
 
-    /// Parks the running fiber until `deadline`; `Err` if woken early.
+    /// Parks the running fiber until `deadline`. `Err(EINTR)` when a timeout scope or a
+    /// cancellation cut the sleep short (see `timeout`).
     pub fn sleep_until(&self, deadline: Deadline) -> Result<(), Errno> {
+        if let Some(_interrupt) = self.running().interrupt.pending() {
+            return Err(Errno::EINTR);
+        }
         if deadline <= Deadline::now() {
             // libc would make a (cheap) system call; a fiber gives the others a turn.
             self.yield_now();
             return Ok(());
         }
         let token = self.prepare_park();
-        let key = self.timers.borrow_mut().insert(deadline, token);
-        match self.park(WaitReason::Sleep) {
-            Wake::Timer => Ok(()),
-            Wake::Ready => {
-                self.timers.borrow_mut().remove(key);
-                Err(Errno::EINTR)
-            }
+        match self.park_interruptible(token, WaitReason::Sleep, Some(deadline)) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Errno::EINTR),
         }
+    }
+
+    /// [`Scheduler::park_until`] for the waits that timeouts and cancellation interrupt
+    /// (sleeps, sockets, pipes, polls, process waits, name lookups; see `timeout`).
+    ///
+    /// Fails at once, without parking, when the fiber is cancelled or its earliest timeout
+    /// scope has expired; otherwise parks until the token is used, `deadline` passes
+    /// (`Ok(Wake::Timer)`), the scope deadline passes (`Err(TimedOut)`), or the fiber is
+    /// cancelled (`Err(Cancelled)`).
+    pub fn park_interruptible(
+        &self,
+        token: WakeToken,
+        reason: WaitReason,
+        deadline: Option<Deadline>,
+    ) -> Result<Wake, crate::timeout::Interrupt> {
+        let fiber = self.running();
+        let state = &fiber.interrupt;
+        if let Some(interrupt) = state.pending() {
+            fiber.park.set(0); // the prepared park never happens: its token goes stale
+            return Err(interrupt);
+        }
+        let scope = state.earliest();
+        let wake_at = match (deadline, scope) {
+            (Some(d), Some(s)) => Some(d.min(s)),
+            (d, s) => d.or(s),
+        };
+        state.set_interruptible(true);
+        let wake = self.park_until(token, reason, wake_at);
+        state.set_interruptible(false);
+        match wake {
+            Wake::Interrupted => Err(crate::timeout::Interrupt::Cancelled),
+            Wake::Timer if deadline.is_some_and(|d| Deadline::now() >= d) => Ok(Wake::Timer),
+            Wake::Timer => match state.pending() {
+                Some(interrupt) => Err(interrupt),
+                // The scope that set the timer was left meanwhile: nothing to report.
+                None => Ok(Wake::Ready),
+            },
+            other => Ok(other),
+        }
+    }
+
+    /// Cancels the fiber in `slot` if it is still fiber `id` (see `JoinHandle::cancel`).
+    pub fn cancel(&self, id: FiberId, slot: u32) {
+        let token = {
+            let fibers = self.fibers.borrow();
+            let Some(Some(fiber)) = fibers.get(slot as usize) else {
+                return;
+            };
+            if fiber.id != id || !fiber.interrupt.cancel() {
+                return;
+            }
+            WakeToken {
+                slot,
+                park: fiber.park.get(),
+            }
+        };
+        self.unpark(token, Wake::Interrupted);
     }
 
     /// Parks the running fiber (its park begun with `prepare_park`, which made `token`) until

@@ -159,7 +159,7 @@ pub unsafe trait Hook {
     /// Parks the calling fiber until `fd` is readable or `deadline` passes: `fd` is a pidfd (its
     /// child exited) or the shim's SIGCHLD eventfd (some child changed state). The shim re-checks
     /// with `WNOHANG` after every return, so spurious returns are harmless. `Err` when the wait
-    /// was interrupted; the shim then returns `EINTR` from the wait call.
+    /// was interrupted; the wait call then fails with that errno.
     fn wait_child(&self, fd: RawFd, deadline: Option<Deadline>) -> Result<(), Errno> {
         self.wait_fd(fd, Readiness::READABLE, deadline).map(drop)
     }

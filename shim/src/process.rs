@@ -19,7 +19,9 @@
 //!   as libc's do. Because a program may later replace fibra's handler, these waits also
 //!   re-check every 250 ms: a lost signal costs latency, never a hang.
 //!
-//! Interrupted waits (timeouts, cancellation: issue 7) return `EINTR`.
+//! Interrupted waits (a `fibra::timeout` deadline, a cancellation) fail with the errno the hook
+//! gives (`ETIMEDOUT`, `ECANCELED`), not `EINTR`: std's `Child::wait` retries `waitpid` on
+//! `EINTR`, so an `EINTR` inside an expired scope would make it spin forever.
 
 use std::os::fd::RawFd;
 use std::sync::Once;
@@ -136,10 +138,11 @@ extern "C" fn on_sigchld(
 /// Picks what a wait for `pid` (waitpid numbering) with `options` parks on.
 fn wait_target(pid: libc::pid_t, options: libc::c_int) -> WaitOn {
     let exit_only = options & (libc::WUNTRACED | libc::WCONTINUED) == 0;
-    if pid > 0 && exit_only {
-        if let Some(fd) = pidfd_open(pid) {
-            return WaitOn::Pidfd { fd, owned: true };
-        }
+    if pid > 0
+        && exit_only
+        && let Some(fd) = pidfd_open(pid)
+    {
+        return WaitOn::Pidfd { fd, owned: true };
     }
     match sigchld_eventfd() {
         Some(fd) => WaitOn::Sigchld(fd),
