@@ -12,7 +12,8 @@
 //! - [`SchedSync`]: the per-scheduler part: the address of std's parker word for this thread
 //!   and the rules that keep it honest while several fibers park on it, the safety-net re-check,
 //!   and the idle bookkeeping behind the deadlock report.
-//! - [`futex_wait`] and [`run_blocking`]: the scheduler's halves of the hooks.
+//! - [`futex_wait`] and [`run_blocking`]: the scheduler's halves of the hooks, and the pool of
+//!   helper threads that runs blocking calls (`pthread_join`, the DNS fallback) for fibers.
 
 use std::cell::{Cell, UnsafeCell};
 use std::fmt::Write as _;
