@@ -19,7 +19,7 @@
 //! so fields recorded on a request's span reach every event of the fibers it spawns. Where a
 //! filter disables `fiber` spans, the fiber runs in the spawner's current span instead.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 
 use tracing::Span;
 use tracing::dispatcher::{self, Dispatch};
@@ -45,14 +45,19 @@ pub(crate) fn fiber_span(id: u64, name: Option<&str>) -> Span {
     if span.is_disabled() { parent } else { span }
 }
 
-/// The spans a switched-out fiber had entered above its floor, top first, and the dispatcher
-/// whose stack they were on.
+/// The spans a switched-out fiber had entered above its floor, if any. 16 bytes per fiber: the
+/// record is allocated the first time the fiber parks with spans entered, and reused.
 #[derive(Default)]
 pub(crate) struct ParkedSpans {
-    ids: RefCell<Vec<Id>>,
-    dispatch: RefCell<Option<Dispatch>>,
-    /// Whether `ids` is non-empty, readable without a borrow on the fast path.
+    record: Cell<Option<Box<Parked>>>,
+    /// Whether `record` holds spans to re-enter (readable on the fast path).
     any: Cell<bool>,
+}
+
+/// Spans a fiber had entered, top first, and the dispatcher whose stack they were on.
+struct Parked {
+    ids: Vec<Id>,
+    dispatch: Option<Dispatch>,
 }
 
 impl ParkedSpans {
@@ -83,16 +88,18 @@ pub(crate) fn enter(span: &Span, parked: &ParkedSpans) -> Floor {
 #[cold]
 fn enter_slow(parked: &ParkedSpans) -> Floor {
     let floor = dispatcher::get_default(|d| d.current_span().id().cloned());
-    if parked.any.replace(false) {
-        let mut ids = parked.ids.take();
-        if let Some(dispatch) = parked.dispatch.take() {
-            for id in ids.iter().rev() {
+    let to_reenter = match parked.any.replace(false) {
+        true => parked.record.take(),
+        false => None,
+    };
+    if let Some(mut record) = to_reenter {
+        if let Some(dispatch) = record.dispatch.take() {
+            for id in record.ids.iter().rev() {
                 dispatch.enter(id);
             }
         }
-        ids.clear();
-        // Keep the allocation for the next switch-out.
-        *parked.ids.borrow_mut() = ids;
+        record.ids.clear();
+        parked.record.set(Some(record));
     }
     Floor::At(floor)
 }
@@ -109,26 +116,33 @@ pub(crate) fn leave(span: &Span, parked: &ParkedSpans, floor: Floor, finished: b
 
 #[cold]
 fn leave_slow(parked: &ParkedSpans, floor: Option<Id>, finished: bool) {
-    let mut ids = parked.ids.take();
+    let mut record = parked.record.take();
     dispatcher::get_default(|d| {
-        while ids.len() < MAX_PARKED_SPANS {
+        while record.as_ref().map_or(0, |r| r.ids.len()) < MAX_PARKED_SPANS {
             let current = d.current_span();
             match current.id() {
                 Some(id) if Some(id) != floor.as_ref() => {
                     let id = id.clone();
                     d.exit(&id);
-                    ids.push(id);
+                    let record = record.get_or_insert_with(|| {
+                        Box::new(Parked {
+                            ids: Vec::new(),
+                            dispatch: None,
+                        })
+                    });
+                    record.ids.push(id);
                 }
                 _ => break,
             }
         }
-        if !ids.is_empty() && !finished {
-            *parked.dispatch.borrow_mut() = Some(d.clone());
-            parked.any.set(true);
+        if let Some(record) = record.as_mut().filter(|r| !r.ids.is_empty()) {
+            if finished {
+                record.ids.clear();
+            } else {
+                record.dispatch = Some(d.clone());
+                parked.any.set(true);
+            }
         }
     });
-    if finished {
-        ids.clear();
-    }
-    *parked.ids.borrow_mut() = ids;
+    parked.record.set(record);
 }
