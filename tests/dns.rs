@@ -742,3 +742,189 @@ fn without_configuration_glibc_runs_on_a_helper_thread() {
         "glibc lookups never overlapped: they blocked the thread"
     );
 }
+
+/// DNS answers compared with glibc's own, against the same server: a child process gets a
+/// private mount namespace whose `/etc/resolv.conf` names the test server on 127.0.0.1:53
+/// (glibc's resolver knows no other port), and both fibra (reading that same resolv.conf) and
+/// glibc resolve a table of names there. Skipped, with a message, where port 53 or a mount
+/// namespace is not available (no root, no user namespaces).
+#[test]
+fn dns_answers_match_glibc_against_the_same_server() {
+    let _watchdog = Watchdog::new(Duration::from_secs(120));
+    if std::env::var_os("FIBRA_DNS_GLIBC_CHILD").is_some() {
+        glibc_comparison_child();
+        return;
+    }
+    let server = match TestServer::start_on("127.0.0.1:53".parse().unwrap(), Duration::ZERO) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("skipped: cannot bind 127.0.0.1:53 for glibc's resolver: {e}");
+            return;
+        }
+    };
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([
+            "dns_answers_match_glibc_against_the_same_server",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("FIBRA_DNS_GLIBC_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{stdout}{stderr}");
+    if stderr.contains("skipped:") {
+        eprintln!(
+            "{}",
+            stderr.lines().find(|l| l.contains("skipped:")).unwrap()
+        );
+        return;
+    }
+    let summary = stderr.lines().find(|l| l.contains("compared"));
+    assert!(summary.is_some(), "{stderr}");
+    eprintln!("{}", summary.unwrap());
+    assert!(server.queries() > 0);
+}
+
+/// Points this thread's /etc/resolv.conf at 127.0.0.1 in a private mount namespace.
+fn private_resolv_conf() -> Result<(), String> {
+    let conf = std::env::temp_dir().join(format!("fibra-dns-test-resolv-{}", std::process::id()));
+    std::fs::write(
+        &conf,
+        "nameserver 127.0.0.1\nsearch test\noptions timeout:2 attempts:2\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let err = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    let root = CString::new("/").unwrap();
+    let none = CString::new("none").unwrap();
+    let src = CString::new(conf.to_str().unwrap()).unwrap();
+    let dst = CString::new("/etc/resolv.conf").unwrap();
+    // SAFETY: plain system calls with valid C strings.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(err("unshare(CLONE_NEWNS)"));
+        }
+        if libc::mount(
+            none.as_ptr(),
+            root.as_ptr(),
+            ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            ptr::null(),
+        ) != 0
+        {
+            return Err(err("mount --make-rprivate /"));
+        }
+        if libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            ptr::null(),
+            libc::MS_BIND,
+            ptr::null(),
+        ) != 0
+        {
+            return Err(err("bind mount /etc/resolv.conf"));
+        }
+    }
+    Ok(())
+}
+
+fn glibc_comparison_child() {
+    if let Err(e) = private_resolv_conf() {
+        eprintln!("skipped: no private /etc/resolv.conf: {e}");
+        return;
+    }
+    use libc::{AF_INET, AF_INET6, AF_UNSPEC, AI_ALL, AI_CANONNAME, AI_V4MAPPED, SOCK_STREAM};
+    type Case = (
+        &'static str,
+        Option<&'static str>,
+        Option<(i32, i32, i32, i32)>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "host7.test",
+            Some("80"),
+            Some((0, AF_UNSPEC, SOCK_STREAM, 0)),
+        ),
+        ("host7.test", None, None),
+        (
+            "host7",
+            Some("80"),
+            Some((AI_CANONNAME, AF_UNSPEC, SOCK_STREAM, 0)),
+        ),
+        ("both.test", None, Some((0, AF_UNSPEC, 0, 0))),
+        (
+            "both.test",
+            Some("443"),
+            Some((AI_CANONNAME, AF_INET6, SOCK_STREAM, 0)),
+        ),
+        (
+            "alias.test",
+            None,
+            Some((AI_CANONNAME, AF_UNSPEC, SOCK_STREAM, 0)),
+        ),
+        (
+            "alias.test",
+            None,
+            Some((AI_CANONNAME, AF_INET, SOCK_STREAM, 0)),
+        ),
+        ("v6only.test", None, Some((0, AF_INET, SOCK_STREAM, 0))),
+        (
+            "v6only.test",
+            None,
+            Some((AI_CANONNAME, AF_UNSPEC, SOCK_STREAM, 0)),
+        ),
+        (
+            "host9.test",
+            None,
+            Some((AI_V4MAPPED, AF_INET6, SOCK_STREAM, 0)),
+        ),
+        (
+            "both.test",
+            None,
+            Some((AI_V4MAPPED | AI_ALL, AF_INET6, SOCK_STREAM, 0)),
+        ),
+        ("missing.test", None, Some((0, AF_UNSPEC, SOCK_STREAM, 0))),
+        ("missing.test", None, Some((0, AF_INET, SOCK_STREAM, 0))),
+        ("nodata.test", None, Some((0, AF_UNSPEC, SOCK_STREAM, 0))),
+        ("nodata.test", None, Some((0, AF_INET6, SOCK_STREAM, 0))),
+        ("servfail.test", None, Some((0, AF_UNSPEC, SOCK_STREAM, 0))),
+        ("big.test", Some("80"), Some((0, AF_INET, SOCK_STREAM, 0))),
+    ];
+    let run = |gai: Gai, free: unsafe fn(*mut libc::addrinfo)| -> Vec<Result<Vec<Node>, i32>> {
+        cases
+            .iter()
+            .map(|(node, service, h)| {
+                let h = h.map(|(f, fam, st, p)| hints(f, fam, st, p));
+                call(gai, Some(node), *service, h.as_ref(), free)
+            })
+            .collect()
+    };
+    let want = run(glibc(), fibra_shim::real::freeaddrinfo);
+    let cases_in = cases.clone();
+    let got = fibra::run(move || {
+        cases_in
+            .iter()
+            .map(|(node, service, h)| {
+                let h = h.map(|(f, fam, st, p)| hints(f, fam, st, p));
+                call(
+                    interposed(),
+                    Some(node),
+                    *service,
+                    h.as_ref(),
+                    free_interposed,
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+    for ((case, want), got) in cases.iter().zip(&want).zip(&got) {
+        assert_eq!(got, want, "{case:?}");
+    }
+    // The table exercises what it claims to.
+    assert!(want.contains(&Err(libc::EAI_NONAME)));
+    assert!(want.contains(&Err(EAI_NODATA)));
+    assert!(want.contains(&Err(libc::EAI_AGAIN)));
+    eprintln!("compared {} DNS queries with glibc: identical", cases.len());
+}

@@ -17,9 +17,9 @@ mod driver;
 mod gai;
 mod hosts;
 mod runtime;
+mod search;
 
 use std::cell::RefCell;
-use std::net::IpAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
@@ -27,9 +27,6 @@ use std::sync::Arc;
 use fibra_shim::dns::{GaiError, ResolveQuery, Resolved};
 use fibra_shim::{BlockingCall, Hook};
 use hickory_resolver::Resolver;
-use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{Name, RData, RecordType};
 
 use crate::scheduler::Scheduler;
 
@@ -52,6 +49,7 @@ enum Built {
     Own {
         resolver: Arc<FibraResolver>,
         order: Vec<Source>,
+        search: Arc<search::SearchList>,
     },
     Glibc(String),
 }
@@ -80,7 +78,7 @@ fn resolve_in_fiber(sched: &Scheduler, query: &ResolveQuery<'_>) -> Result<Resol
         return glibc_on_helper(sched, query);
     }
     let generation = config::generation();
-    let (resolver, order) = STATE.with(|cell| {
+    let own = STATE.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.as_ref().is_none_or(|s| s.generation != generation) {
             let plan = match config::plan() {
@@ -89,6 +87,15 @@ fn resolve_in_fiber(sched: &Scheduler, query: &ResolveQuery<'_>) -> Result<Resol
                     options,
                     order,
                 } => {
+                    // glibc: the `search` line, else the `domain` line.
+                    let mut domains = config.search().to_vec();
+                    if domains.is_empty() {
+                        domains.extend(config.domain().cloned());
+                    }
+                    let search = Arc::new(search::SearchList {
+                        domains,
+                        ndots: options.ndots,
+                    });
                     let mut builder =
                         FibraResolver::builder_with_config(*config, runtime::FibraRuntime);
                     *builder.options_mut() = *options;
@@ -96,6 +103,7 @@ fn resolve_in_fiber(sched: &Scheduler, query: &ResolveQuery<'_>) -> Result<Resol
                         Ok(resolver) => Built::Own {
                             resolver: Arc::new(resolver),
                             order,
+                            search,
                         },
                         Err(e) => Built::Glibc(format!("hickory-resolver: {e}")),
                     }
@@ -113,23 +121,28 @@ fn resolve_in_fiber(sched: &Scheduler, query: &ResolveQuery<'_>) -> Result<Resol
         }
         let state = cell.as_mut().expect("just built");
         match &state.plan {
-            Built::Own { resolver, order } => {
+            Built::Own {
+                resolver,
+                order,
+                search,
+            } => {
                 if order.contains(&Source::Files) {
                     state.hosts.refresh(Path::new("/etc/hosts"));
                 }
-                Some((Arc::clone(resolver), order.clone()))
+                Some((Arc::clone(resolver), order.clone(), Arc::clone(search)))
             }
             Built::Glibc(_) => None,
         }
     })
-    .map_or((None, Vec::new()), |(r, o)| (Some(r), o));
-    let Some(resolver) = resolver else {
+    ;
+    let Some((resolver, order, search)) = own else {
         return glibc_on_helper(sched, query);
     };
     let mut lookup = NssLookup {
         sched,
         resolver,
         order,
+        search,
     };
     gai::getaddrinfo(query, &mut lookup)
 }
@@ -157,6 +170,7 @@ struct NssLookup<'a> {
     sched: &'a Scheduler,
     resolver: Arc<FibraResolver>,
     order: Vec<Source>,
+    search: Arc<search::SearchList>,
 }
 
 impl NssLookup<'_> {
@@ -169,12 +183,14 @@ impl NssLookup<'_> {
             })),
             Source::Dns => {
                 let resolver = Arc::clone(&self.resolver);
+                let search = Arc::clone(&self.search);
                 let name = name.to_owned();
+                let lookup = search::lookup(resolver, search, name, family);
                 // No deadline of its own: hickory's time-outs and attempts (from resolv.conf)
                 // bound the lookup. A caller-imposed deadline or cancellation ends `block_on`
                 // with `Interrupted`, dropping every socket and timer of the lookup, and is
                 // reported as EAI_AGAIN.
-                match driver::block_on(self.sched, dns_lookup(resolver, name, family), None) {
+                match driver::block_on(self.sched, lookup, None) {
                     Ok(answer) => Ok(answer),
                     Err(driver::Interrupted::TimedOut) => Ok(HostAnswer::TryAgain),
                     Err(driver::Interrupted::Failed(errno)) => Err(GaiError {
@@ -222,119 +238,4 @@ impl HostLookup for NssLookup<'_> {
         }
         Ok(answers)
     }
-}
-
-/// One family's DNS lookup, classified as glibc's `dns` NSS module would.
-async fn dns_query(resolver: &FibraResolver, name: &Name, record: RecordType) -> HostAnswer {
-    match resolver.lookup(name.clone(), record).await {
-        Ok(lookup) => {
-            let mut addrs = Vec::new();
-            let mut canonical = None;
-            for rec in lookup.answers() {
-                let ip = match (&rec.data, record) {
-                    (RData::A(a), RecordType::A) => IpAddr::V4(a.0),
-                    (RData::AAAA(a), RecordType::AAAA) => IpAddr::V6(a.0),
-                    _ => continue,
-                };
-                canonical.get_or_insert_with(|| rec.name.to_ascii());
-                if !addrs.contains(&ip) {
-                    addrs.push(ip);
-                }
-            }
-            match canonical {
-                Some(canonical) => HostAnswer::Found {
-                    addrs,
-                    canonical: canonical.trim_end_matches('.').to_owned(),
-                },
-                None => HostAnswer::NoData,
-            }
-        }
-        Err(e) => classify(&e),
-    }
-}
-
-/// glibc's `h_errno` for a failed query: NXDOMAIN is `HOST_NOT_FOUND`; an empty NOERROR answer
-/// is `NO_DATA`; SERVFAIL, time-outs and unreachable servers are `TRY_AGAIN`; FORMERR, NOTIMP,
-/// REFUSED and the rest are `NO_RECOVERY`, which `getaddrinfo` reports like a missing name.
-fn classify(error: &NetError) -> HostAnswer {
-    match error {
-        NetError::Dns(DnsError::NoRecordsFound(nr)) => {
-            if nr.response_code == ResponseCode::NXDomain {
-                HostAnswer::NotFound
-            } else {
-                HostAnswer::NoData
-            }
-        }
-        NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail)) => HostAnswer::TryAgain,
-        NetError::Dns(_) => HostAnswer::NotFound,
-        NetError::Proto(_) => HostAnswer::NotFound,
-        _ => HostAnswer::TryAgain,
-    }
-}
-
-async fn dns_lookup(resolver: Arc<FibraResolver>, name: String, family: Family) -> HostAnswer {
-    let Ok(name) = Name::from_str_relaxed(&name) else {
-        // Not a valid DNS name (glibc: res_mkquery fails, NO_RECOVERY).
-        return HostAnswer::NotFound;
-    };
-    match family {
-        Family::V4 => dns_query(&resolver, &name, RecordType::A).await,
-        Family::V6 => dns_query(&resolver, &name, RecordType::AAAA).await,
-        Family::Any => {
-            // A and AAAA in parallel, as glibc's gethostbyname4_r; IPv4 answers first.
-            let (a, aaaa) = join(
-                Box::pin(dns_query(&resolver, &name, RecordType::A)),
-                Box::pin(dns_query(&resolver, &name, RecordType::AAAA)),
-            )
-            .await;
-            merge(a, aaaa)
-        }
-    }
-}
-
-fn merge(a: HostAnswer, aaaa: HostAnswer) -> HostAnswer {
-    match (a, aaaa) {
-        (
-            HostAnswer::Found {
-                mut addrs,
-                canonical,
-            },
-            HostAnswer::Found { addrs: more, .. },
-        ) => {
-            addrs.extend(more);
-            HostAnswer::Found { addrs, canonical }
-        }
-        (found @ HostAnswer::Found { .. }, _) | (_, found @ HostAnswer::Found { .. }) => found,
-        (HostAnswer::TryAgain, HostAnswer::TryAgain) => HostAnswer::TryAgain,
-        (HostAnswer::NotFound, _) | (_, HostAnswer::NotFound) => HostAnswer::NotFound,
-        _ => HostAnswer::NoData,
-    }
-}
-
-/// Polls two futures until both are done.
-async fn join<A: std::future::Future + Unpin, B: std::future::Future + Unpin>(
-    mut a: A,
-    mut b: B,
-) -> (A::Output, B::Output) {
-    let mut ra = None;
-    let mut rb = None;
-    std::future::poll_fn(|cx| {
-        if ra.is_none()
-            && let std::task::Poll::Ready(v) = std::pin::Pin::new(&mut a).poll(cx)
-        {
-            ra = Some(v);
-        }
-        if rb.is_none()
-            && let std::task::Poll::Ready(v) = std::pin::Pin::new(&mut b).poll(cx)
-        {
-            rb = Some(v);
-        }
-        if ra.is_some() && rb.is_some() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    (ra.expect("ready"), rb.expect("ready"))
 }
