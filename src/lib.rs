@@ -37,6 +37,7 @@ mod join;
 mod local;
 mod overflow;
 mod reactor;
+mod runtime;
 mod scheduler;
 mod stack;
 mod sync;
@@ -54,6 +55,7 @@ pub use fiber::FiberId;
 pub use fibra_shim::{Deadline, Errno, Hook, WaitClock};
 pub use join::JoinHandle;
 pub use local::FiberLocal;
+pub use runtime::{Handle, RemoteJoinHandle, Runtime, reuseport_listener, worker_index};
 pub use stack::{DEFAULT_STACK_SIZE, MIN_STACK_SIZE};
 pub use timeout::{Cancelled, Elapsed, is_cancelled, timeout};
 

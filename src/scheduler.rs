@@ -327,6 +327,21 @@ impl Scheduler {
         }
     }
 
+    /// Cancels every fiber but `except` (a runtime worker's root, which serves its inbox).
+    pub fn cancel_all_except(&self, except: Option<FiberId>) {
+        let targets: Vec<(FiberId, u32)> = self
+            .fibers
+            .borrow()
+            .iter()
+            .flatten()
+            .filter(|f| Some(f.id) != except)
+            .map(|f| (f.id, f.slot))
+            .collect();
+        for (id, slot) in targets {
+            self.cancel(id, slot);
+        }
+    }
+
     /// Cancels the fiber in `slot` if it is still fiber `id` (see `JoinHandle::cancel`).
     pub fn cancel(&self, id: FiberId, slot: u32) {
         let token = {
