@@ -114,6 +114,8 @@ fn make_own_nonblock(fd: RawFd, entry: Entry) -> Entry {
         return fd::set_own_nonblock(fd, user_nonblock).unwrap_or(entry);
     }
     {
+        // Cached answers for other fds sharing the description go stale.
+        fd::nonblock_changing();
         // SAFETY: as above.
         let r = unsafe {
             real::fcntl(
@@ -890,6 +892,8 @@ fn hooked_connect(fd: RawFd, entry: Entry, addr: *const sockaddr, len: socklen_t
         if toggle {
             // SAFETY: as above.
             unsafe { real::fcntl(fd, libc::F_SETFL, user_flags as c_ulong) };
+            // A cached O_NONBLOCK read by another thread inside the window would be wrong.
+            fd::nonblock_changing();
         }
         if r == 0 {
             return 0;
