@@ -892,6 +892,39 @@ fn glibc_comparison_child() {
         ("nodata.test", None, Some((0, AF_INET6, SOCK_STREAM, 0))),
         ("servfail.test", None, Some((0, AF_UNSPEC, SOCK_STREAM, 0))),
         ("big.test", Some("80"), Some((0, AF_INET, SOCK_STREAM, 0))),
+        ("host7", None, Some((0, AF_INET, SOCK_STREAM, 0))),
+        (
+            "HOST7.Test",
+            None,
+            Some((AI_CANONNAME, AF_UNSPEC, SOCK_STREAM, 0)),
+        ),
+        (
+            "host7.test.",
+            None,
+            Some((AI_CANONNAME, AF_INET, SOCK_STREAM, 0)),
+        ),
+        (
+            "alias",
+            None,
+            Some((AI_CANONNAME, AF_UNSPEC, SOCK_STREAM, 0)),
+        ),
+        ("nodata", None, Some((0, AF_UNSPEC, SOCK_STREAM, 0))),
+        ("missing", None, Some((0, AF_INET, SOCK_STREAM, 0))),
+        ("missing.test.", None, Some((0, AF_UNSPEC, SOCK_STREAM, 0))),
+        ("servfail", None, Some((0, AF_INET, SOCK_STREAM, 0))),
+        (
+            "servfail",
+            None,
+            Some((AI_CANONNAME, AF_INET, SOCK_STREAM, 0)),
+        ),
+        ("servfail.test", None, Some((0, AF_INET, SOCK_STREAM, 0))),
+        ("servfail.test.", None, Some((0, AF_INET, SOCK_STREAM, 0))),
+        ("both.test", Some("domain"), None),
+        (
+            "v6only.test",
+            None,
+            Some((AI_V4MAPPED, AF_INET6, SOCK_STREAM, 0)),
+        ),
     ];
     let run = |gai: Gai, free: unsafe fn(*mut libc::addrinfo)| -> Vec<Result<Vec<Node>, i32>> {
         cases

@@ -59,8 +59,11 @@ pub(crate) enum HostAnswer {
     NotFound,
     /// The name exists but has no address of that family (`NO_DATA`).
     NoData,
-    /// A temporary failure (`TRY_AGAIN`: time-outs, SERVFAIL).
-    TryAgain,
+    /// A temporary failure (`h_errno` `TRY_AGAIN`: time-outs, SERVFAIL). `unavailable`: the
+    /// last query itself failed (NSS status `UNAVAIL`/`TRYAGAIN`); otherwise an earlier one did
+    /// and a later one answered NXDOMAIN (status `NOTFOUND`), which glibc's simple `AF_INET`
+    /// path reports as `EAI_NONAME`.
+    TryAgain { unavailable: bool },
 }
 
 /// Looks host names up, as glibc's NSS `hosts` database does (`files`, then `dns`).
@@ -439,9 +442,17 @@ fn host_addresses(
             HostAnswer::Found { addrs, canonical } => {
                 Ok((addrs.into_iter().map(v4).collect(), Some(canonical), false))
             }
+            // glibc asks gethostbyname2_r without AI_CANONNAME (try_simple_gethostbyname),
+            // which sees the NSS status; with it, gethostbyname3_r, which sees h_errno only.
             HostAnswer::NoData => Err(GaiError::eai(EAI_NODATA)),
-            HostAnswer::TryAgain => Err(GaiError::eai(libc::EAI_AGAIN)),
-            HostAnswer::NotFound => Err(GaiError::eai(libc::EAI_NONAME)),
+            HostAnswer::TryAgain { unavailable }
+                if unavailable || req.flags & libc::AI_CANONNAME != 0 =>
+            {
+                Err(GaiError::eai(libc::EAI_AGAIN))
+            }
+            HostAnswer::TryAgain { .. } | HostAnswer::NotFound => {
+                Err(GaiError::eai(libc::EAI_NONAME))
+            }
         },
         _ => {
             // AF_INET6: AAAA first; A (mapped) too with AI_V4MAPPED when there was no IPv6
@@ -479,7 +490,7 @@ fn host_addresses(
 /// (or `EAI_AGAIN` when both timed out), otherwise `EAI_NONAME`.
 fn nss_error(a: &HostAnswer, b: &HostAnswer) -> GaiError {
     let no_data = |h: &HostAnswer| match h {
-        HostAnswer::TryAgain => 2,
+        HostAnswer::TryAgain { .. } => 2,
         HostAnswer::NoData => 1,
         _ => 0,
     };

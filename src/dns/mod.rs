@@ -192,7 +192,9 @@ impl NssLookup<'_> {
                 // reported as EAI_AGAIN.
                 match driver::block_on(self.sched, lookup, None) {
                     Ok(answer) => Ok(answer),
-                    Err(driver::Interrupted::TimedOut) => Ok(HostAnswer::TryAgain),
+                    Err(driver::Interrupted::TimedOut) => {
+                        Ok(HostAnswer::TryAgain { unavailable: true })
+                    }
                     Err(driver::Interrupted::Failed(errno)) => Err(GaiError {
                         code: libc::EAI_SYSTEM,
                         errno,

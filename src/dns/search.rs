@@ -49,13 +49,21 @@ enum Status {
 }
 
 impl Status {
-    fn into_answer(self) -> HostAnswer {
+    /// The answer for `h_errno` `self`, when the last query made ended as `last`.
+    fn into_answer(self, last: &Status) -> HostAnswer {
         match self {
             Status::Found { addrs, canonical } => HostAnswer::Found { addrs, canonical },
             Status::NoData => HostAnswer::NoData,
             Status::NxDomain | Status::NoRecovery => HostAnswer::NotFound,
-            Status::ServFail | Status::TimedOut | Status::Refused => HostAnswer::TryAgain,
+            Status::ServFail | Status::TimedOut | Status::Refused => HostAnswer::TryAgain {
+                unavailable: last.failed_in_transport(),
+            },
         }
+    }
+
+    /// glibc's res_send gave up on this query (the NSS status is then `UNAVAIL`).
+    fn failed_in_transport(&self) -> bool {
+        matches!(self, Status::ServFail | Status::TimedOut | Status::Refused)
     }
 }
 
@@ -80,7 +88,10 @@ pub(crate) async fn lookup(
             }
         }
         text.push('.');
-        Name::from_str_relaxed(&text).ok()
+        // `from_ascii` keeps the spelling (see `query`); non-ASCII names go through IDNA.
+        Name::from_ascii(&text)
+            .or_else(|_| Name::from_str_relaxed(&text))
+            .ok()
     };
     let Some(as_is) = fqdn(None) else {
         // Not a valid DNS name (glibc: res_mkquery fails, NO_RECOVERY).
@@ -89,21 +100,20 @@ pub(crate) async fn lookup(
 
     let mut saved = None;
     let mut tried_as_is = false;
+    // The outcome of the last query made (glibc's NSS status follows it).
+    let mut last = Status::NxDomain;
     if dots >= search.ndots || trailing_dot {
         let status = query_family(&resolver, &as_is, family).await;
-        if matches!(status, Status::Found { .. }) || trailing_dot {
-            return status.into_answer();
+        if matches!(status, Status::Found { .. } | Status::Refused) || trailing_dot {
+            return status.clone().into_answer(&status);
         }
-        if matches!(status, Status::Refused) {
-            return status.into_answer();
-        }
-        saved = Some(status);
+        saved = Some(status.clone());
+        last = status;
         tried_as_is = true;
     }
     let mut got_nodata = false;
     let mut got_servfail = false;
     let mut root_on_list = false;
-    let mut last = Status::NxDomain;
     for domain in &search.domains {
         if domain.is_root() {
             root_on_list = true;
@@ -116,7 +126,7 @@ pub(crate) async fn lookup(
         };
         let status = query_family(&resolver, &candidate, family).await;
         match status {
-            Status::Found { .. } | Status::Refused => return status.into_answer(),
+            Status::Found { .. } | Status::Refused => return status.clone().into_answer(&status),
             Status::NoData => got_nodata = true,
             Status::NxDomain => {}
             Status::ServFail => got_servfail = true,
@@ -130,7 +140,7 @@ pub(crate) async fn lookup(
     if !(tried_as_is || root_on_list) {
         let status = query_family(&resolver, &as_is, family).await;
         if matches!(status, Status::Found { .. } | Status::Refused) {
-            return status.into_answer();
+            return status.clone().into_answer(&status);
         }
         last = status;
     }
@@ -138,9 +148,9 @@ pub(crate) async fn lookup(
         Some(saved) => saved,
         None if got_nodata => Status::NoData,
         None if got_servfail => Status::ServFail,
-        None => last,
+        None => last.clone(),
     };
-    status.into_answer()
+    status.into_answer(&last)
 }
 
 /// One candidate name: A, AAAA, or both in parallel (glibc's `gethostbyname4_r`), IPv4
@@ -200,10 +210,20 @@ async fn query(resolver: &FibraResolver, name: &Name, record: RecordType) -> Sta
                 }
             }
             match canonical {
-                Some(canonical) => Status::Found {
-                    addrs,
-                    canonical: canonical.trim_end_matches('.').to_owned(),
-                },
+                Some(canonical) => {
+                    // A server answers with the question's spelling, which hickory's cache
+                    // lowercases; glibc reports the answer's owner name, so when that is the
+                    // queried name, report it as it was asked.
+                    let owner = canonical.trim_end_matches('.');
+                    let asked = name.to_ascii();
+                    let asked = asked.trim_end_matches('.');
+                    let canonical = if owner.eq_ignore_ascii_case(asked) {
+                        asked.to_owned()
+                    } else {
+                        owner.to_owned()
+                    };
+                    Status::Found { addrs, canonical }
+                }
                 None => Status::NoData,
             }
         }
