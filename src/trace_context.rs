@@ -82,12 +82,19 @@ pub(crate) fn enter(span: &Span, parked: &ParkedSpans) -> Floor {
     if !parked.any.get() && LevelFilter::current() == LevelFilter::OFF {
         return Floor::Off;
     }
-    enter_slow(parked)
+    enter_slow(span, parked)
 }
 
 #[cold]
-fn enter_slow(parked: &ParkedSpans) -> Floor {
-    let floor = dispatcher::get_default(|d| d.current_span().id().cloned());
+fn enter_slow(span: &Span, parked: &ParkedSpans) -> Floor {
+    // Just entered, the fiber's span is the current one (it is never on the stack below: a
+    // `fiber` span is entered only by its own fiber, and the spawner's span used in its place
+    // when those are filtered out is either off the stack or its top), so asking the
+    // subscriber is needed only for a fiber without a span.
+    let floor = match span.id() {
+        Some(id) => Some(id),
+        None => dispatcher::get_default(|d| d.current_span().id().cloned()),
+    };
     let to_reenter = match parked.any.replace(false) {
         true => parked.record.take(),
         false => None,
