@@ -269,6 +269,16 @@ fn scope_restores_the_prior_value_also_on_panic_and_children_inherit_the_scoped_
         assert_eq!(inner, (Some("alice".into()), Some("alice".into())));
         assert_eq!(USER.get(), None, "restored to no value");
 
+        // A child that outlives the scope keeps the value it inherited.
+        let outliving = USER.scope("carol".into(), || {
+            fibra::spawn(|| {
+                fibra::sleep(Duration::from_millis(10));
+                USER.get()
+            })
+        });
+        assert_eq!(USER.get(), None);
+        assert_eq!(outliving.join().unwrap().as_deref(), Some("carol"));
+
         USER.set("outer".into());
         let caught = std::panic::catch_unwind(|| {
             USER.scope("panicking".into(), || {
