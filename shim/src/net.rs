@@ -418,7 +418,8 @@ fn drive_read(
     requested: usize,
     attempt: impl FnMut() -> ssize_t,
 ) -> ssize_t {
-    let hinted = entry.is_stream() && requested > 0;
+    // Only an fd this thread has waited on (so registered) can carry the hint.
+    let hinted = entry.is_stream() && requested > 0 && entry.registered_epfd().is_some();
     let wait_first = hinted
         && !caller_nonblock
         && with_hook(|hook| hook.fd_drained(fd)) == Some(true)
