@@ -66,11 +66,15 @@ pub fn clear_cache() {
 
 /// Answers a `getaddrinfo` made by the running fiber of `sched` (the shim's `Hook::resolve`).
 pub(crate) fn resolve(sched: &Scheduler, query: &ResolveQuery<'_>) -> Result<Resolved, GaiError> {
-    match catch_unwind(AssertUnwindSafe(|| resolve_in_fiber(sched, query))) {
-        Ok(result) => result,
-        // The panic hook has reported it; a hook must not unwind into the caller's C frames.
-        Err(_) => Err(GaiError::eai(libc::EAI_FAIL)),
-    }
+    never_unwinds(|| resolve_in_fiber(sched, query))
+}
+
+/// Runs `lookup`, turning a panic into `EAI_FAIL`: a hook must not unwind into the caller's C
+/// frames (the panic hook has already reported it).
+fn never_unwinds(
+    lookup: impl FnOnce() -> Result<Resolved, GaiError>,
+) -> Result<Resolved, GaiError> {
+    catch_unwind(AssertUnwindSafe(lookup)).unwrap_or(Err(GaiError::eai(libc::EAI_FAIL)))
 }
 
 fn resolve_in_fiber(sched: &Scheduler, query: &ResolveQuery<'_>) -> Result<Resolved, GaiError> {
@@ -239,5 +243,16 @@ impl HostLookup for NssLookup<'_> {
             }
         }
         Ok(answers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_a_lookup_is_reported_as_eai_fail() {
+        let result = never_unwinds(|| panic!("a bug in the resolver path"));
+        assert_eq!(result.unwrap_err(), GaiError::eai(libc::EAI_FAIL));
     }
 }
