@@ -9,8 +9,10 @@
 //! The `hosts` line of `/etc/nsswitch.conf` decides the order of `/etc/hosts` and DNS; anything
 //! other than `files` and `dns` there (mDNS, `myhostname`, systemd-resolved, LDAP, action
 //! brackets...) is something only glibc can do, so fibra then hands lookups to glibc on a
-//! helper thread, as it does when no name server is configured at all. Name servers set
-//! explicitly (the three settings above) override that: `/etc/hosts`, then those servers.
+//! helper thread, as it does when no name server is configured at all, and when
+//! `/etc/gai.conf` changes the address-sorting tables (fibra sorts with glibc's defaults). Name
+//! servers set explicitly (the three settings above) override both: `/etc/hosts`, then those
+//! servers, sorted with the default tables.
 
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
@@ -138,6 +140,15 @@ fn nss_order() -> Result<Vec<Source>, String> {
     Err("no hosts line in /etc/nsswitch.conf".to_owned())
 }
 
+/// The first directive of `/etc/gai.conf` (label, precedence, scopev4...), if it has any.
+fn gai_conf_directive() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/gai.conf").ok()?;
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .find(|l| !l.is_empty())
+        .map(str::to_owned)
+}
+
 /// Works out the plan for the calling thread now.
 pub(crate) fn plan() -> Plan {
     let servers = THREAD_SERVERS.with(|s| s.borrow().clone()).or_else(|| {
@@ -164,6 +175,12 @@ pub(crate) fn plan() -> Plan {
         (Err(_), true) => vec![Source::Files, Source::Dns],
         (Err(reason), false) => return Plan::Glibc(reason),
     };
+    if servers.is_none()
+        && let Some(directive) = gai_conf_directive()
+    {
+        // glibc sorts answers with these tables; fibra knows only the defaults.
+        return Plan::Glibc(format!("/etc/gai.conf sets {directive:?}"));
+    }
     let system = hickory_resolver::system_conf::read_system_conf();
     let (config, mut options) = match (servers, system) {
         (Some(servers), system) => {
