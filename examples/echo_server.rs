@@ -1,31 +1,46 @@
 //! An echo server in plain `std::net` code, one fiber per connection, all on one thread.
 //!
-//! Nothing here knows about fibers except `fibra::run` and `fibra::spawn`: the blocking
-//! `accept`, `read` and `write_all` park only the fiber that makes them.
+//! Nothing here knows about fibers: `support::serve` runs the accept loop on every worker of a
+//! fibra runtime (`--workers N`, each worker with its own `SO_REUSEPORT` listener) and spawns a
+//! fiber per connection; the blocking `accept`, `read` and `write_all` park only the fiber that
+//! makes them. Ctrl-C cancels every fiber and exits cleanly.
 //!
 //! ```text
-//! cargo run --release --example echo_server -- --addr 127.0.0.1:7000
+//! cargo run --release --example echo_server -- --addr 127.0.0.1:7000 --workers 2
 //! ```
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::exit;
+
+mod support;
 
 struct Args {
     addr: String,
+    workers: usize,
 }
 
 impl Args {
     fn parse() -> Args {
         let mut args = Args {
             addr: "127.0.0.1:7000".to_owned(),
+            workers: 1,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
             match arg.as_str() {
                 "--addr" => args.addr = value(&mut it, "--addr"),
+                "--workers" => {
+                    let v = value(&mut it, "--workers");
+                    args.workers = match v.parse() {
+                        Ok(n) if n > 0 => n,
+                        _ => usage_error(&format!("--workers wants a positive number, got '{v}'")),
+                    };
+                }
                 "-h" | "--help" => {
-                    println!("usage: echo_server [--addr HOST:PORT]   (default 127.0.0.1:7000)");
+                    println!(
+                        "usage: echo_server [--addr HOST:PORT] [--workers N]   (defaults 127.0.0.1:7000, 1)"
+                    );
                     exit(0);
                 }
                 other => usage_error(&format!("unknown argument '{other}'")),
@@ -47,21 +62,7 @@ fn usage_error(msg: &str) -> ! {
 
 fn main() {
     let args = Args::parse();
-    fibra::run(move || {
-        let listener = TcpListener::bind(&args.addr).unwrap_or_else(|e| {
-            eprintln!("echo_server: cannot listen on {}: {e}", args.addr);
-            exit(1);
-        });
-        println!("listening on {}", listener.local_addr().expect("bound"));
-        for conn in listener.incoming() {
-            match conn {
-                Ok(conn) => {
-                    fibra::spawn(move || echo(conn));
-                }
-                Err(e) => eprintln!("echo_server: accept: {e}"),
-            }
-        }
-    });
+    support::serve("echo_server", &args.addr, args.workers, echo);
 }
 
 /// Sends back everything the peer sends, until it closes.

@@ -3,19 +3,24 @@
 //!
 //! With a thread pool of 16 such a server tops out at 16 / 0.1 s = 160 requests per second;
 //! with fibers, every connection waits at once and 1000 clients get close to 10,000 req/s.
+//! `--workers N` serves on N threads (each with its own `SO_REUSEPORT` listener); Ctrl-C cancels
+//! every fiber and exits cleanly.
 //!
 //! ```text
-//! cargo run --release --example http_sleep -- --addr 127.0.0.1:8080 --delay-ms 100
+//! cargo run --release --example http_sleep -- --addr 127.0.0.1:8080 --delay-ms 100 --workers 1
 //! wrk -t1 -c1000 -d10s http://127.0.0.1:8080/
 //! ```
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::exit;
+
+mod support;
 use std::time::Duration;
 
 struct Args {
     addr: String,
+    workers: usize,
     delay: Duration,
 }
 
@@ -23,12 +28,20 @@ impl Args {
     fn parse() -> Args {
         let mut args = Args {
             addr: "127.0.0.1:8080".to_owned(),
+            workers: 1,
             delay: Duration::from_millis(100),
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
             match arg.as_str() {
                 "--addr" => args.addr = value(&mut it, "--addr"),
+                "--workers" => {
+                    let v = value(&mut it, "--workers");
+                    args.workers = match v.parse() {
+                        Ok(n) if n > 0 => n,
+                        _ => usage_error(&format!("--workers wants a positive number, got '{v}'")),
+                    };
+                }
                 "--delay-ms" => {
                     let v = value(&mut it, "--delay-ms");
                     let ms: u64 = v.parse().unwrap_or_else(|_| {
@@ -38,7 +51,7 @@ impl Args {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "usage: http_sleep [--addr HOST:PORT] [--delay-ms MS]   (defaults 127.0.0.1:8080, 100)"
+                        "usage: http_sleep [--addr HOST:PORT] [--delay-ms MS] [--workers N]   (defaults 127.0.0.1:8080, 100, 1)"
                     );
                     exit(0);
                 }
@@ -62,20 +75,8 @@ fn usage_error(msg: &str) -> ! {
 fn main() {
     let args = Args::parse();
     let delay = args.delay;
-    fibra::run(move || {
-        let listener = TcpListener::bind(&args.addr).unwrap_or_else(|e| {
-            eprintln!("http_sleep: cannot listen on {}: {e}", args.addr);
-            exit(1);
-        });
-        println!("listening on {}", listener.local_addr().expect("bound"));
-        for conn in listener.incoming() {
-            match conn {
-                Ok(conn) => {
-                    fibra::spawn(move || serve(conn, delay));
-                }
-                Err(e) => eprintln!("http_sleep: accept: {e}"),
-            }
-        }
+    support::serve("http_sleep", &args.addr, args.workers, move |conn| {
+        serve(conn, delay)
     });
 }
 
