@@ -473,7 +473,7 @@ fn buf_ptr() -> *mut libc::c_void {
 fn close_while_another_fiber_waits_gives_ebadf() {
     let _watchdog = Watchdog::new(Duration::from_secs(30));
     fibra::run(|| {
-        for how in ["close", "dup2"] {
+        for how in ["close", "dup2", "dup3"] {
             let (a, b) = UnixStream::pair().unwrap();
             let fd = a.into_raw_fd();
             let reader = fibra::spawn(move || {
@@ -490,7 +490,14 @@ fn close_while_another_fiber_waits_gives_ebadf() {
             } else {
                 let other = UnixStream::pair().unwrap();
                 // SAFETY: replacing the fd the reader waits on.
-                assert_eq!(unsafe { libc::dup2(other.0.as_raw_fd(), fd) }, fd);
+                let r = unsafe {
+                    if how == "dup2" {
+                        libc::dup2(other.0.as_raw_fd(), fd)
+                    } else {
+                        libc::dup3(other.0.as_raw_fd(), fd, libc::O_CLOEXEC)
+                    }
+                };
+                assert_eq!(r, fd);
                 // SAFETY: the replacement is ours to close.
                 unsafe { libc::close(fd) };
             }
@@ -876,4 +883,46 @@ fn select_parks_until_ready_or_timeout() {
         );
         w.join().unwrap();
     });
+}
+
+#[test]
+fn tty_reads_never_park() {
+    // A pty's slave end is a tty: a read there blocks the thread, as libc's, instead of parking
+    // (the second fiber only runs once the read has returned).
+    let _watchdog = Watchdog::new(Duration::from_secs(30));
+    // SAFETY: the pty calls on fds we own; results checked.
+    let (master, slave) = unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(master >= 0, "posix_openpt: {}", io::Error::last_os_error());
+        assert_eq!(libc::grantpt(master), 0);
+        assert_eq!(libc::unlockpt(master), 0);
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(master, name.as_mut_ptr(), name.len()), 0);
+        let slave = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        assert!(slave >= 0);
+        (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave))
+    };
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        let mut m = std::fs::File::from(master);
+        m.write_all(b"line\n").unwrap();
+        m
+    });
+    let order = fibra::run(move || {
+        let log = Rc::new(std::cell::RefCell::new(Vec::new()));
+        let l1 = log.clone();
+        let reader = fibra::spawn(move || {
+            let mut buf = [0u8; 16];
+            let n = std::fs::File::from(slave).read(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"line\n");
+            l1.borrow_mut().push("tty read done");
+        });
+        let l2 = log.clone();
+        let other = fibra::spawn(move || l2.borrow_mut().push("other fiber ran"));
+        reader.join().unwrap();
+        other.join().unwrap();
+        log.take()
+    });
+    let _master = writer.join().unwrap();
+    assert_eq!(order, ["tty read done", "other fiber ran"]);
 }
