@@ -586,6 +586,59 @@ fn truncated_answers_are_retried_over_tcp() {
     assert!(elapsed < Duration::from_secs(5), "run took {elapsed:?}");
 }
 
+/// A `fibra::timeout` scope or a cancellation ends a lookup that is still waiting for its
+/// answer with `EAI_AGAIN`, at once, and leaves nothing behind that would keep `run` going.
+#[test]
+fn timeouts_and_cancellation_end_a_lookup_with_eai_again() {
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    let server = TestServer::start(Duration::from_secs(3));
+    fibra::dns::set_thread_nameservers([server.addr]);
+    let start = Instant::now();
+    let (elapsed_scope, timed_out, cancelled_result) = fibra::run(|| {
+        let h = hints(0, libc::AF_INET, libc::SOCK_STREAM, 0);
+        let mut inner = None;
+        let scope = fibra::timeout(Duration::from_millis(100), || {
+            inner = Some(call(
+                interposed(),
+                Some("host3.test"),
+                None,
+                Some(&h),
+                free_interposed,
+            ));
+        });
+        assert!(scope.is_err(), "the scope should report its expiry");
+        let timed_out = inner.expect("the closure ran");
+
+        let result = Rc::new(Cell::new(None));
+        let slot = Rc::clone(&result);
+        let lookup = fibra::spawn(move || {
+            let h = hints(0, libc::AF_INET, libc::SOCK_STREAM, 0);
+            let r = call(
+                interposed(),
+                Some("host4.test"),
+                None,
+                Some(&h),
+                free_interposed,
+            );
+            slot.set(Some(r.map(|l| l.len())));
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        lookup.cancel();
+        let _ = lookup.join();
+        (start.elapsed(), timed_out, result.take())
+    });
+    fibra::dns::reset_thread_nameservers();
+    assert_eq!(timed_out, Err(libc::EAI_AGAIN));
+    assert_eq!(cancelled_result, Some(Err(libc::EAI_AGAIN)));
+    // Both ended long before the server's 3 s answers, and `run` returned with them.
+    assert!(elapsed_scope < Duration::from_secs(2), "{elapsed_scope:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
 #[test]
 fn numeric_hosts_and_hosts_file_never_reach_dns_and_answers_are_cached() {
     let _watchdog = Watchdog::new(Duration::from_secs(60));

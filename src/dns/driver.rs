@@ -482,15 +482,17 @@ const PUMP_STACK: usize = 256 * 1024;
 /// Why [`block_on`] gave up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Interrupted {
-    /// `deadline` passed first.
+    /// `deadline`, or the fiber's `fibra::timeout` scope, passed first.
     TimedOut,
+    /// The fiber was cancelled (`JoinHandle::cancel`).
+    Cancelled,
     /// The driver could not wait (this `errno`: out of fds or memory).
     Failed(i32),
 }
 
 /// Runs `future` to completion inside the calling fiber, parking it while the future is
 /// pending; gives up (dropping the future, and with it every socket and timer it holds) when
-/// `deadline` passes. Must be called inside a fiber, with the dispatch slot empty.
+/// `deadline` passes, the fiber's timeout scope expires, or the fiber is cancelled. Must be called inside a fiber, with the dispatch slot empty.
 pub(crate) fn block_on<F: Future>(
     sched: &Scheduler,
     future: F,
@@ -532,7 +534,9 @@ pub(crate) fn block_on<F: Future>(
                 *signal.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
                 driver.waiting.set(driver.waiting.get() + 1);
                 polling.pause();
-                sched.park_until(token, WaitReason::Resolve, deadline);
+                // Interruptible (`fibra::timeout`, `JoinHandle::cancel`): fails at once, or
+                // wakes early, when the fiber's timeout scope expires or it is cancelled.
+                let parked = sched.park_interruptible(token, WaitReason::Resolve, deadline);
                 polling.resume();
                 driver.waiting.set(driver.waiting.get() - 1);
                 signal
@@ -540,6 +544,13 @@ pub(crate) fn block_on<F: Future>(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .take();
+                match parked {
+                    Ok(_) => {}
+                    Err(crate::timeout::Interrupt::TimedOut) => break Err(Interrupted::TimedOut),
+                    Err(crate::timeout::Interrupt::Cancelled) => {
+                        break Err(Interrupted::Cancelled);
+                    }
+                }
             }
         };
         // Run whatever dropping the future woke.

@@ -191,13 +191,13 @@ impl NssLookup<'_> {
                 let name = name.to_owned();
                 let lookup = search::lookup(resolver, search, name, family);
                 // No deadline of its own: hickory's time-outs and attempts (from resolv.conf)
-                // bound the lookup. A caller-imposed deadline or cancellation ends `block_on`
-                // with `Interrupted`, dropping every socket and timer of the lookup, and is
-                // reported as EAI_AGAIN.
+                // bound the lookup. A `fibra::timeout` scope or a cancellation ends `block_on`
+                // with `Interrupted`, dropping every socket and timer of the lookup: the whole
+                // getaddrinfo then fails with EAI_AGAIN (no other source is asked).
                 match driver::block_on(self.sched, lookup, None) {
                     Ok(answer) => Ok(answer),
-                    Err(driver::Interrupted::TimedOut) => {
-                        Ok(HostAnswer::TryAgain { unavailable: true })
+                    Err(driver::Interrupted::TimedOut | driver::Interrupted::Cancelled) => {
+                        Err(GaiError::eai(libc::EAI_AGAIN))
                     }
                     Err(driver::Interrupted::Failed(errno)) => Err(GaiError {
                         code: libc::EAI_SYSTEM,
