@@ -250,25 +250,29 @@ fn threads_still_block_on_sockets_fibers_used() {
         "the clone looks blocking"
     );
     assert!(!o_nonblock(original.as_raw_fd()));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
-        let start = Instant::now();
+        ready_tx.send(()).unwrap();
         let (mut conn, _) = listener.accept().expect("a blocking accept blocks");
-        let waited = start.elapsed();
+        let accepted_at = Instant::now();
         let mut buf = [0u8; 3];
         conn.read_exact(&mut buf).unwrap();
         let mut stream = stream;
         let mut two = [0u8; 2];
         stream.read_exact(&mut two).expect("a blocking read blocks");
-        (waited, buf, two)
+        (accepted_at, buf, two)
     });
-    std::thread::sleep(Duration::from_millis(150));
+    // Connect only once the thread is (about to be) blocked in accept.
+    ready_rx.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let connect_at = Instant::now();
     let mut late = TcpStream::connect(addr).unwrap();
     late.write_all(b"abc").unwrap();
     (&peer).write_all(b"xy").unwrap();
-    let (waited, buf, two) = thread.join().unwrap();
+    let (accepted_at, buf, two) = thread.join().unwrap();
     assert!(
-        waited >= Duration::from_millis(100),
-        "accept returned after {waited:?}"
+        accepted_at >= connect_at,
+        "accept returned before there was a connection"
     );
     assert_eq!(&buf, b"abc");
     assert_eq!(&two, b"xy");
