@@ -639,6 +639,44 @@ fn timeouts_and_cancellation_end_a_lookup_with_eai_again() {
     );
 }
 
+/// hickory's futures need more stack than a small fiber has (~128 KiB in a debug build): such a
+/// fiber's lookups move to a fiber of their own, and stay interruptible.
+#[test]
+fn fibers_with_the_smallest_stacks_resolve_names() {
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    let server = TestServer::start(Duration::ZERO);
+    let slow = TestServer::start(Duration::from_secs(3));
+    fibra::dns::set_thread_nameservers([server.addr]);
+    let (found, timed_out) = fibra::run(move || {
+        let small = |f: Box<dyn FnOnce() -> usize>| {
+            fibra::Builder::new()
+                .stack_size(fibra::MIN_STACK_SIZE)
+                .spawn(f)
+                .unwrap()
+                .join()
+                .unwrap()
+        };
+        let found = small(Box::new(|| {
+            ("host5.test", 80).to_socket_addrs().unwrap().count()
+                + ("both.test", 80).to_socket_addrs().unwrap().count()
+                + ("host5.test", 80).to_socket_addrs().unwrap().count()
+        }));
+        fibra::dns::set_thread_nameservers([slow.addr]);
+        let timed_out = small(Box::new(|| {
+            let start = Instant::now();
+            let r = fibra::timeout(Duration::from_millis(100), || {
+                ("host6.test", 80).to_socket_addrs().is_err()
+            });
+            assert!(start.elapsed() < Duration::from_secs(2));
+            usize::from(r.is_err())
+        }));
+        (found, timed_out)
+    });
+    fibra::dns::reset_thread_nameservers();
+    assert_eq!(found, 4);
+    assert_eq!(timed_out, 1);
+}
+
 #[test]
 fn numeric_hosts_and_hosts_file_never_reach_dns_and_answers_are_cached() {
     let _watchdog = Watchdog::new(Duration::from_secs(60));

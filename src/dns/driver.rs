@@ -514,7 +514,7 @@ pub(crate) fn block_on<F: Future>(
         // The future lives in this block: it is dropped (closing its sockets, cancelling its
         // timers) at the block's end, while still counted as polling.
         let result = {
-            let mut future = std::pin::pin!(future);
+            let mut future = Box::pin(future);
             loop {
                 signal.woken.store(false, Ordering::Release);
                 if let Poll::Ready(value) = future.as_mut().poll(&mut cx) {

@@ -19,15 +19,18 @@ mod hosts;
 mod runtime;
 mod search;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::ffi::{CStr, CString};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use fibra_shim::dns::{GaiError, ResolveQuery, Resolved};
 use fibra_shim::{BlockingCall, Hook};
 use hickory_resolver::Resolver;
 
+use crate::fiber::{WaitReason, Wake, WakeToken};
 use crate::scheduler::Scheduler;
 
 use config::{Plan, Source};
@@ -64,9 +67,126 @@ pub fn clear_cache() {
     drop(state);
 }
 
+/// Stack a lookup needs below the caller's frame: hickory's futures, polled in the calling
+/// fiber, take ~128 KiB in a debug build (less optimised), and a thread's first lookup also
+/// builds its resolver.
+const LOOKUP_STACK_NEED: usize = 192 * 1024;
+/// The stack of the fiber a lookup moves to when the caller has less than that left.
+const LOOKUP_STACK: usize = crate::DEFAULT_STACK_SIZE;
+
 /// Answers a `getaddrinfo` made by the running fiber of `sched` (the shim's `Hook::resolve`).
 pub(crate) fn resolve(sched: &Scheduler, query: &ResolveQuery<'_>) -> Result<Resolved, GaiError> {
-    never_unwinds(|| resolve_in_fiber(sched, query))
+    if stack_left(sched) >= LOOKUP_STACK_NEED {
+        return never_unwinds(|| resolve_in_fiber(sched, query));
+    }
+    on_lookup_fiber(sched, query)
+}
+
+/// Bytes of stack left below this frame in the running fiber.
+fn stack_left(sched: &Scheduler) -> usize {
+    let marker = 0u8;
+    let here = std::ptr::addr_of!(marker) as usize;
+    sched
+        .current_fiber()
+        .map_or(usize::MAX, |fiber| here.saturating_sub(fiber.guard.1))
+}
+
+/// A query with owned strings, to hand to another fiber.
+struct OwnedQuery {
+    node: Option<CString>,
+    service: Option<CString>,
+    flags: libc::c_int,
+    family: libc::c_int,
+    socktype: libc::c_int,
+    protocol: libc::c_int,
+    has_hints: bool,
+}
+
+impl OwnedQuery {
+    fn new(q: &ResolveQuery<'_>) -> OwnedQuery {
+        OwnedQuery {
+            node: q.node.map(CStr::to_owned),
+            service: q.service.map(CStr::to_owned),
+            flags: q.flags,
+            family: q.family,
+            socktype: q.socktype,
+            protocol: q.protocol,
+            has_hints: q.has_hints,
+        }
+    }
+
+    fn query(&self) -> ResolveQuery<'_> {
+        ResolveQuery {
+            node: self.node.as_deref(),
+            service: self.service.as_deref(),
+            flags: self.flags,
+            family: self.family,
+            socktype: self.socktype,
+            protocol: self.protocol,
+            has_hints: self.has_hints,
+        }
+    }
+}
+
+/// Runs the lookup on a fiber with a stack of its own (the caller's is too short) and parks the
+/// caller until it is done. The caller's wait is interruptible like a lookup's own: a timeout
+/// or cancellation of the caller cancels the lookup fiber, whose lookup then ends with
+/// `EAI_AGAIN`.
+fn on_lookup_fiber(sched: &Scheduler, query: &ResolveQuery<'_>) -> Result<Resolved, GaiError> {
+    struct Shared {
+        result: RefCell<Option<Result<Resolved, GaiError>>>,
+        done: Cell<bool>,
+        waiter: Cell<Option<WakeToken>>,
+    }
+    let shared = Rc::new(Shared {
+        result: RefCell::new(None),
+        done: Cell::new(false),
+        waiter: Cell::new(None),
+    });
+    let owned = OwnedQuery::new(query);
+    let theirs = Rc::clone(&shared);
+    let spawned = crate::Builder::new()
+        .name("fibra-dns-lookup".to_owned())
+        .stack_size(LOOKUP_STACK)
+        .spawn(move || {
+            fibra_shim::without_hook(|| {
+                let Some(sched) = Scheduler::current() else {
+                    return;
+                };
+                let query = owned.query();
+                let result = never_unwinds(|| resolve_in_fiber(sched, &query));
+                *theirs.result.borrow_mut() = Some(result);
+                theirs.done.set(true);
+                if let Some(token) = theirs.waiter.take() {
+                    sched.unpark(token, Wake::Ready);
+                }
+            })
+        });
+    let handle = match spawned {
+        Ok(handle) => handle,
+        Err(e) => {
+            return Err(GaiError {
+                code: libc::EAI_SYSTEM,
+                errno: e.raw_os_error().unwrap_or(libc::ENOMEM),
+            });
+        }
+    };
+    while !shared.done.get() {
+        let token = sched.prepare_park();
+        shared.waiter.set(Some(token));
+        if sched
+            .park_interruptible(token, WaitReason::Resolve, None)
+            .is_err()
+        {
+            shared.waiter.set(None);
+            handle.cancel();
+            break;
+        }
+    }
+    // After a cancel, wait (not interruptibly) for the lookup fiber to let go of its sockets.
+    let _ = handle.join();
+    let result = shared.result.borrow_mut().take();
+    result.unwrap_or(Err(GaiError::eai(libc::EAI_AGAIN)))
 }
 
 /// Runs `lookup`, turning a panic into `EAI_FAIL`: a hook must not unwind into the caller's C
