@@ -1,16 +1,18 @@
 //! Name resolution in fibers: `getaddrinfo` answered on the scheduler's own loop.
 //!
-//! The shim hands every `getaddrinfo` made in a fiber to [`resolve`] (through
-//! `Hook::resolve`). The query goes through glibc's exact semantics ([`gai`]); host names are
-//! looked up in `/etc/hosts` ([`hosts`]) and with hickory-resolver, whose futures run inside the
-//! calling fiber on fibra's runtime ([`runtime`], [`driver`]): a thousand concurrent lookups
-//! are a thousand parked fibers and a thousand UDP sockets in the loop's epoll, not threads.
+//! The shim hands every `getaddrinfo` made in a fiber to `resolve` (through
+//! `Hook::resolve`). The query goes through glibc's exact semantics (`gai`); host names are
+//! looked up in `/etc/hosts` (`hosts`) and in DNS with glibc's search rules (`search`),
+//! through hickory-resolver, whose futures run inside the calling fiber on fibra's runtime
+//! (`runtime`, `driver`): a thousand concurrent lookups are a thousand parked fibers and a
+//! thousand UDP sockets behind one epoll fd in the loop, not threads. A caller short of stack
+//! has its lookup run on a fiber of its own.
 //!
-//! Each thread has its own resolver (and so its own cache), built from [`config`] at the first
+//! Each thread has its own resolver (and so its own cache), built from `config` at the first
 //! lookup and rebuilt when a setting changes. When there is no usable configuration, or the
-//! query needs something only glibc does (IDN flags, NSS sources other than `files` and `dns`),
-//! glibc's own `getaddrinfo` runs on a helper thread while the fiber parks. Nothing here
-//! panics into the shim: a panic is caught and reported as `EAI_FAIL`.
+//! query needs something only glibc does (IDN flags, NSS sources other than `files` and `dns`,
+//! `/etc/gai.conf` tables), glibc's own `getaddrinfo` runs on a helper thread while the fiber
+//! parks. Nothing here panics into the shim: a panic is caught and reported as `EAI_FAIL`.
 
 mod config;
 mod driver;
