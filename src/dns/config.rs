@@ -189,7 +189,13 @@ pub(crate) fn plan() -> Plan {
                     let (domain, search, _) = config.into_parts();
                     (domain, search, options)
                 }
-                Err(_) => (None, Vec::new(), ResolverOpts::default()),
+                Err(_) => {
+                    // resolv.conf's defaults, as glibc applies them (hickory's own default
+                    // turns EDNS0 on; glibc only does with `options edns0`).
+                    let mut options = ResolverOpts::default();
+                    options.edns0 = false;
+                    (None, Vec::new(), options)
+                }
             };
             let name_servers = servers
                 .iter()
