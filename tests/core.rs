@@ -21,7 +21,7 @@ fn spawn_and_join_return_values() {
 
 #[test]
 fn run_returns_the_root_value_and_borrows_from_the_caller() {
-    let words = vec!["a".to_string(), "b".to_string()];
+    let words = ["a".to_string(), "b".to_string()];
     let joined = fibra::run(|| words.join("+"));
     assert_eq!(joined, "a+b");
 }
@@ -195,7 +195,8 @@ fn clock_now(clock: libc::clockid_t) -> Duration {
 fn every_sleep_symbol_parks_only_the_fiber() {
     let _w = Watchdog::new(Duration::from_secs(30));
     let d = Duration::from_millis(30);
-    let cases: Vec<(&str, Box<dyn FnOnce()>)> = vec![
+    type Case = (&'static str, Box<dyn FnOnce()>);
+    let cases: Vec<Case> = vec![
         (
             "std::thread::sleep",
             Box::new(move || std::thread::sleep(d)),
@@ -429,7 +430,7 @@ fn builder_names_and_sizes_stacks() {
             .spawn(|| {
                 assert_eq!(fibra::current_name().as_deref(), Some("deep"));
                 // ~1 MiB of frames: more than the default stack holds, less than requested.
-                recurse(1024, 1024)
+                recurse(1024)
             })
             .unwrap();
         assert_eq!(h.join().unwrap(), 1024 * 1024);
@@ -440,7 +441,7 @@ fn builder_names_and_sizes_stacks() {
 }
 
 #[inline(never)]
-fn recurse(depth: usize, frame: usize) -> usize {
+fn recurse(depth: usize) -> usize {
     let buf = [1u8; 1024];
     let here = std::hint::black_box(&buf)
         .iter()
@@ -449,7 +450,7 @@ fn recurse(depth: usize, frame: usize) -> usize {
     if depth <= 1 {
         here
     } else {
-        here + recurse(depth - 1, frame)
+        here + recurse(depth - 1)
     }
 }
 
@@ -479,7 +480,7 @@ fn stack_overflow_names_the_fiber() {
             fibra::Builder::new()
                 .name("overflowing".into())
                 .stack_size(64 * 1024)
-                .spawn(|| recurse(usize::MAX, 0))
+                .spawn(|| recurse(usize::MAX))
                 .unwrap()
                 .join()
                 .ok();

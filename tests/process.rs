@@ -151,6 +151,8 @@ fn exit_codes_and_signals_are_reported_exactly() {
 }
 
 fn raw_status_of(command: &str) -> libc::c_int {
+    // Reaped with a raw waitpid below, on purpose: that is what is under test.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new("sh").arg("-c").arg(command).spawn().unwrap();
     let mut status = 0;
     // SAFETY: a valid out-pointer.
