@@ -170,8 +170,12 @@ fn private_resolv_conf(addr: SocketAddr) -> Result<(), String> {
             std::ptr::null(),
         ) != 0
         {
-            return Err(format!("bind mount: {}", std::io::Error::last_os_error()));
+            let e = format!("bind mount: {}", std::io::Error::last_os_error());
+            let _ = std::fs::remove_file(&conf);
+            return Err(e);
         }
+        // The mount holds the file; its name is not needed any more.
+        let _ = std::fs::remove_file(&conf);
     }
     Ok(())
 }

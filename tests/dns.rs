@@ -916,9 +916,13 @@ fn private_resolv_conf() -> Result<(), String> {
             ptr::null(),
         ) != 0
         {
-            return Err(err("bind mount /etc/resolv.conf"));
+            let e = err("bind mount /etc/resolv.conf");
+            let _ = std::fs::remove_file(&conf);
+            return Err(e);
         }
     }
+    // The mount holds the file; its name is not needed any more.
+    let _ = std::fs::remove_file(&conf);
     Ok(())
 }
 
