@@ -677,6 +677,77 @@ fn fibers_with_the_smallest_stacks_resolve_names() {
     assert_eq!(timed_out, 1);
 }
 
+/// A child forked after the parent resolved names inherits the parent's resolver sockets and
+/// the driver's epoll instance; its lookups must use its own, and both go on working.
+#[test]
+fn a_forked_child_resolves_with_its_own_resolver() {
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    let server = TestServer::start(Duration::from_millis(20));
+    fibra::dns::set_thread_nameservers([server.addr]);
+    let before = fibra::run(|| ("host11.test", 1).to_socket_addrs().unwrap().count());
+    // SAFETY: the child only runs fibra and resolves names (malloc is fork-safe in glibc), then
+    // leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    // Shared sockets or epoll instance show up as stolen answers: hickory then waits for its
+    // 5 s time-out before retrying. Each side's 20 lookups take ~20 ms here.
+    let start = Instant::now();
+    if pid == 0 {
+        let result = std::panic::catch_unwind(|| {
+            fibra::run(|| {
+                let a: Vec<_> = (0..20)
+                    .map(|i| {
+                        fibra::spawn(move || {
+                            (format!("host{}.test", 100 + i), 1)
+                                .to_socket_addrs()
+                                .map(|a| a.count())
+                                .unwrap_or(0)
+                        })
+                    })
+                    .collect();
+                a.into_iter().map(|h| h.join().unwrap()).sum::<usize>()
+            })
+        });
+        // SAFETY: leaving the child without running the parent's destructors or atexit hooks.
+        let quick = start.elapsed() < Duration::from_secs(3);
+        unsafe {
+            libc::_exit(if result.ok() == Some(20) && quick {
+                0
+            } else {
+                1
+            })
+        };
+    }
+    let after = fibra::run(|| {
+        let a: Vec<_> = (0..20)
+            .map(|i| {
+                fibra::spawn(move || {
+                    (format!("host{}.test", 200 + i), 1)
+                        .to_socket_addrs()
+                        .map(|a| a.count())
+                        .unwrap_or(0)
+                })
+            })
+            .collect();
+        a.into_iter().map(|h| h.join().unwrap()).sum::<usize>()
+    });
+    let parent_took = start.elapsed();
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    fibra::dns::reset_thread_nameservers();
+    assert_eq!(waited, pid);
+    assert_eq!((before, after), (1, 20));
+    assert!(
+        parent_took < Duration::from_secs(3),
+        "parent lookups took {parent_took:?}"
+    );
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child's lookups failed or took over 3 s (status {status:#x})"
+    );
+}
+
 #[test]
 fn numeric_hosts_and_hosts_file_never_reach_dns_and_answers_are_cached() {
     let _watchdog = Watchdog::new(Duration::from_secs(60));

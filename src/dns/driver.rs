@@ -33,7 +33,7 @@ use std::future::Future;
 use std::os::fd::RawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::ThreadId;
@@ -175,10 +175,32 @@ pub(crate) struct Driver {
     epfd: Cell<RawFd>,
     /// Task wakes from other threads (made on first spawn).
     inbox: RefCell<Option<Arc<Inbox>>>,
+    /// `fork_generation()` when this state was made.
+    forks: Cell<u64>,
 }
 
 thread_local! {
     static DRIVER: Driver = const { Driver::new() };
+}
+
+/// Forks seen (bumped by a `pthread_atfork` child handler). A child inherits the driver's epoll
+/// instance, eventfd and sockets: sharing them with the parent would mix both processes'
+/// events and answers, so the child's first lookup drops its copies and starts afresh.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn count_fork_in_child() {
+    // Async-signal-safe: one atomic add.
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The number of forks this process is removed from its first ancestor that resolved names.
+pub(crate) fn fork_generation() -> u64 {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: registers a child handler that only bumps an atomic.
+        unsafe { libc::pthread_atfork(None, None, Some(count_fork_in_child)) };
+    });
+    FORKS.load(Ordering::Relaxed)
 }
 
 impl Driver {
@@ -198,7 +220,37 @@ impl Driver {
             doorbell: Cell::new(-1),
             epfd: Cell::new(-1),
             inbox: RefCell::new(None),
+            forks: Cell::new(0),
         }
+    }
+
+    /// In a forked child: forgets everything inherited (closing the child's copies of the fds;
+    /// the parent's stay open) so that nothing is shared with the parent.
+    fn leave_parent(&self) {
+        let forks = fork_generation();
+        if self.forks.replace(forks) == forks {
+            return;
+        }
+        let tasks = std::mem::take(&mut *self.tasks.borrow_mut());
+        drop(tasks);
+        self.free_tasks.borrow_mut().clear();
+        self.ready.borrow_mut().clear();
+        let timers = std::mem::take(&mut *self.timers.borrow_mut());
+        drop(timers);
+        let io = std::mem::take(&mut *self.io.borrow_mut());
+        drop(io);
+        *self.inbox.borrow_mut() = None;
+        for fd in [self.doorbell.replace(-1), self.epfd.replace(-1)] {
+            if fd >= 0 {
+                // SAFETY: the child's copies of the driver's own fds.
+                unsafe { libc::close(fd) };
+            }
+        }
+        self.waiting.set(0);
+        self.polling.set(0);
+        self.pump_running.set(false);
+        self.pump_parked.set(None);
+        self.rung.set(false);
     }
 
     fn inbox(&self) -> Arc<Inbox> {
@@ -502,6 +554,7 @@ pub(crate) fn block_on<F: Future>(
         // SAFETY: the thread-local outlives every fiber of this thread's schedulers (it is
         // destroyed at thread exit, after `run` returned).
         let driver: &'static Driver = unsafe { &*(driver as *const Driver) };
+        driver.leave_parent();
         let signal = Arc::new(FiberSignal {
             woken: AtomicBool::new(false),
             token: Mutex::new(None),
@@ -561,6 +614,12 @@ pub(crate) fn block_on<F: Future>(
         }
         result
     })
+}
+
+/// In a forked child, drops the driver state inherited from the parent (see `FORKS`). Call
+/// before touching anything else that may wake a task.
+pub(crate) fn leave_parent_if_forked() {
+    let _ = DRIVER.try_with(Driver::leave_parent);
 }
 
 /// Adds a background task; it is first polled by whoever polls next on this thread.

@@ -45,7 +45,7 @@ type FibraResolver = Resolver<runtime::FibraRuntime>;
 
 /// The calling thread's resolver state.
 struct State {
-    generation: (u64, u64),
+    generation: ((u64, u64), u64),
     plan: Built,
     hosts: hosts::HostsFile,
 }
@@ -203,7 +203,10 @@ fn resolve_in_fiber(sched: &Scheduler, query: &ResolveQuery<'_>) -> Result<Resol
     if gai::needs_glibc(query) {
         return glibc_on_helper(sched, query);
     }
-    let generation = config::generation();
+    // A forked child builds its own resolver and driver: the inherited ones share sockets and
+    // an epoll instance with the parent.
+    driver::leave_parent_if_forked();
+    let generation = (config::generation(), driver::fork_generation());
     let own = STATE.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.as_ref().is_none_or(|s| s.generation != generation) {
