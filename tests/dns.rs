@@ -748,6 +748,48 @@ fn a_forked_child_resolves_with_its_own_resolver() {
     );
 }
 
+/// Schedulers on several threads resolve at once, each with its own resolver and driver.
+#[test]
+fn schedulers_on_several_threads_resolve_at_once() {
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    let server = TestServer::start(Duration::from_millis(50));
+    let addr = server.addr;
+    let start = Instant::now();
+    let threads: Vec<_> = (0..4u32)
+        .map(|t| {
+            std::thread::spawn(move || {
+                fibra::dns::set_thread_nameservers([addr]);
+                fibra::run(move || {
+                    let fibers: Vec<_> = (0..100u32)
+                        .map(|i| {
+                            let n = 1000 + t * 100 + i;
+                            fibra::spawn(move || {
+                                let got: Vec<SocketAddr> = (format!("host{n}.test"), 7)
+                                    .to_socket_addrs()
+                                    .unwrap()
+                                    .collect();
+                                got == vec![SocketAddr::new(IpAddr::V4(host_ip(n)), 7)]
+                            })
+                        })
+                        .collect();
+                    fibers
+                        .into_iter()
+                        .map(|f| f.join().unwrap())
+                        .filter(|ok| *ok)
+                        .count()
+                })
+            })
+        })
+        .collect();
+    let resolved: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(resolved, 400);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
 #[test]
 fn numeric_hosts_and_hosts_file_never_reach_dns_and_answers_are_cached() {
     let _watchdog = Watchdog::new(Duration::from_secs(60));
