@@ -46,10 +46,12 @@ fn main() {
         }
     }
     let window = Duration::from_secs_f64(secs);
-    let servers: [(&str, StartServer); 3] = [
+    let servers: [(&str, StartServer); 5] = [
         ("fibra (std::net in fibers)", start_fibra),
         ("tokio current_thread", start_tokio),
         ("thread per connection", start_threads),
+        ("fibra Runtime, 2 workers", start_fibra_workers),
+        ("tokio multi_thread, 2", start_tokio_multi),
     ];
     if only.is_none() {
         fast_path();
@@ -141,6 +143,80 @@ fn start_fibra() -> SocketAddr {
                             Ok(0) | Err(_) => return,
                             Ok(n) => {
                                 if conn.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        })
+    });
+    rx.recv().unwrap()
+}
+
+/// The same blocking handler on a 2-worker fibra runtime, each worker accepting on its own
+/// `SO_REUSEPORT` listener. The runtime is leaked: it serves until the process exits.
+fn start_fibra_workers() -> SocketAddr {
+    let probe = fibra::reuseport_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = probe.local_addr().unwrap();
+    let probe = std::sync::Mutex::new(Some(probe));
+    let rt = fibra::Runtime::new(2).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    drop(rt.run_on_all(move |_| {
+        let listener = probe
+            .lock()
+            .unwrap()
+            .take()
+            .unwrap_or_else(|| fibra::reuseport_listener(addr).unwrap());
+        tx.lock().unwrap().send(()).unwrap();
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            fibra::spawn(move || {
+                conn.set_nodelay(true).unwrap();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if conn.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    }));
+    rx.recv().unwrap();
+    rx.recv().unwrap();
+    std::mem::forget(rt);
+    addr
+}
+
+fn start_tokio_multi() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, rx) = mpsc::channel();
+    server_thread("tokio-mt-server", move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    conn.set_nodelay(true).unwrap();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if conn.write_all(&buf[..n]).await.is_err() {
                                     return;
                                 }
                             }

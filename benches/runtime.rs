@@ -26,7 +26,9 @@ fn spin_for(d: Duration) -> u64 {
 fn cpu_bound(workers: usize) -> Duration {
     let rt = fibra::Runtime::new(workers).unwrap();
     let start = Instant::now();
-    let handles: Vec<_> = (0..1000).map(|_| rt.spawn(|| spin_for(Duration::from_millis(1)))).collect();
+    let handles: Vec<_> = (0..1000)
+        .map(|_| rt.spawn(|| spin_for(Duration::from_millis(1))))
+        .collect();
     for h in handles {
         black_box(h.join().unwrap());
     }
@@ -61,7 +63,11 @@ fn fibra_wake_latency() -> Duration {
 }
 
 fn tokio_wake_latency() -> Duration {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let (to_b, mut from_a) = tokio::sync::mpsc::unbounded_channel::<u32>();
         let (to_a, mut from_b) = tokio::sync::mpsc::unbounded_channel::<u32>();
@@ -117,12 +123,25 @@ fn main() {
     let one = median(|| cpu_bound(1));
     let two = median(|| cpu_bound(2));
     println!("  1 worker:  {:>8.1} ms", one.as_secs_f64() * 1e3);
-    println!("  2 workers: {:>8.1} ms   ratio {:.2} (goal <= 0.55)", two.as_secs_f64() * 1e3, two.as_secs_f64() / one.as_secs_f64());
+    println!(
+        "  2 workers: {:>8.1} ms   ratio {:.2} (goal <= 0.55)",
+        two.as_secs_f64() * 1e3,
+        two.as_secs_f64() / one.as_secs_f64()
+    );
     println!("cross-worker wake (ping-pong, half a round trip; median of 5)");
     let f = median(fibra_wake_latency);
     let t = median(tokio_wake_latency);
     let th = median(thread_wake_latency);
-    println!("  fibra, std mpsc, fiber on worker 0 <-> fiber on worker 1: {:>8.2} µs", f.as_secs_f64() * 1e6);
-    println!("  tokio multi_thread(2), tokio mpsc, task <-> task:          {:>8.2} µs", t.as_secs_f64() * 1e6);
-    println!("  OS threads, std mpsc:                                    {:>8.2} µs", th.as_secs_f64() * 1e6);
+    println!(
+        "  fibra, std mpsc, fiber on worker 0 <-> fiber on worker 1: {:>8.2} µs",
+        f.as_secs_f64() * 1e6
+    );
+    println!(
+        "  tokio multi_thread(2), tokio mpsc, task <-> task:          {:>8.2} µs",
+        t.as_secs_f64() * 1e6
+    );
+    println!(
+        "  OS threads, std mpsc:                                    {:>8.2} µs",
+        th.as_secs_f64() * 1e6
+    );
 }
