@@ -1,5 +1,5 @@
-//! Request context that survives interleaving: a small in-process server whose handlers block,
-//! spawn child fibers and log with `tracing`, and every log line carries its request's id.
+//! Request context that survives interleaving: a small TCP server whose handlers block, spawn
+//! child fibers and log with `tracing`, and every log line carries its request's id.
 //!
 //! Two mechanisms, side by side:
 //! - a `request{id=..}` span entered by the handler: fibra keeps it the handler's current span
@@ -8,15 +8,16 @@
 //! - a `FiberLocal` holding the request id, read deep in the call stack (`audit`) without
 //!   passing it down, and inherited by the children.
 //!
-//! The server accepts `REQUESTS` requests arriving over time (in-process clients: the arrivals
-//! are sleeps, so the example needs no sockets), serves them concurrently on one thread, checks
-//! that every response went to the right request and that every log line names its request
-//! and mentions no other, and exits.
+//! The server (plain `std::net`, a fiber per connection) accepts `REQUESTS` connections from
+//! client fibers that arrive over time, serves them concurrently on one thread, checks that
+//! every response went to the right client and that every log line names its request and
+//! mentions no other, and exits.
 //!
 //! Run: `cargo run --example request_context` (with `FIBRA_EXAMPLE_VERBOSE=1`, fibra's own
 //! TRACE events, spawn, park and finish, show up too, each inside its fiber's span).
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,19 @@ fn query(table: &str, micros: u64) -> String {
     std::thread::sleep(Duration::from_micros(micros));
     audit("query finished");
     format!("{table}-row-for-{}", REQUEST_ID.get().unwrap())
+}
+
+/// One connection: a line with the request id in, the response out.
+fn serve(conn: TcpStream) {
+    let mut line = String::new();
+    BufReader::new(&conn)
+        .read_line(&mut line)
+        .expect("read the request");
+    let id: u64 = line.trim().parse().expect("a request id");
+    let response = handle(id);
+    (&conn)
+        .write_all(format!("{response}\n").as_bytes())
+        .expect("send the response");
 }
 
 fn handle(id: u64) -> String {
@@ -83,21 +97,42 @@ fn main() {
 
     let start = Instant::now();
     let responses = fibra::run(|| {
-        let handlers: Vec<_> = (1..=REQUESTS)
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let addr = listener.local_addr().expect("bound");
+        let server = fibra::spawn(move || {
+            let handlers: Vec<_> = (1..=REQUESTS)
+                .map(|n| {
+                    let (conn, _) = listener.accept().expect("accept");
+                    fibra::Builder::new()
+                        .name(format!("conn-{n}"))
+                        .spawn(move || serve(conn))
+                        .expect("stack for a handler")
+                })
+                .collect();
+            for h in handlers {
+                h.join().expect("handler panicked");
+            }
+        });
+        let clients: Vec<_> = (1..=REQUESTS)
             .map(|id| {
-                // Requests arrive 1 ms apart, while earlier ones are still being served.
+                // Clients arrive 1 ms apart, while earlier requests are still being served.
                 std::thread::sleep(Duration::from_millis(1));
-                let handler = fibra::Builder::new()
-                    .name(format!("handler-{id}"))
-                    .spawn(move || handle(id))
-                    .expect("stack for a handler");
-                (id, handler)
+                fibra::spawn(move || {
+                    let mut conn = TcpStream::connect(addr).expect("connect");
+                    writeln!(conn, "{id}").expect("send the request");
+                    let mut response = String::new();
+                    conn.read_to_string(&mut response)
+                        .expect("read the response");
+                    (id, response.trim_end().to_owned())
+                })
             })
             .collect();
-        handlers
+        let responses: Vec<_> = clients
             .into_iter()
-            .map(|(id, h)| (id, h.join().expect("handler panicked")))
-            .collect::<Vec<_>>()
+            .map(|c| c.join().expect("client panicked"))
+            .collect();
+        server.join().expect("server panicked");
+        responses
     });
 
     for (id, response) in &responses {
