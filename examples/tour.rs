@@ -342,13 +342,151 @@ fn five_children() {
     );
 }
 
+/// The talk's timeout example, and cancellation: only blocking points are interrupted.
+fn timeouts() {
+    section("a 1 s fibra::timeout around a 10 s std::thread::sleep; cancelling a fiber in accept");
+    fibra::run(|| {
+        let start = Instant::now();
+        let r = fibra::timeout(Duration::from_secs(1), || {
+            std::thread::sleep(Duration::from_secs(10))
+        });
+        println!(
+            "timeout: {r:?} after {:.2} s",
+            start.elapsed().as_secs_f64()
+        );
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let server = fibra::spawn(move || listener.accept().map(|_| ()));
+        std::thread::sleep(Duration::from_millis(20));
+        let start = Instant::now();
+        server.cancel();
+        let outcome = match server.join() {
+            Err(payload) if payload.is::<fibra::Cancelled>() => "Err(Cancelled)",
+            _ => "something else",
+        };
+        println!(
+            "cancel of a fiber parked in accept: join gave {outcome} after {:.1} ms",
+            start.elapsed().as_secs_f64() * 1e3
+        );
+    });
+}
+
+/// std::sync between fibers and OS threads: a lock held by a thread parks only the fiber
+/// waiting for it, and a Condvar round trip between two fibers costs well under a microsecond.
+fn locks_and_condvars() {
+    section("std::sync::Mutex and Condvar between fibers and OS threads");
+    let lock = std::sync::Arc::new(std::sync::Mutex::new(0u64));
+    let held = lock.clone();
+    let (locked_tx, locked_rx) = mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let mut guard = held.lock().unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        *guard += 1;
+    });
+    locked_rx.recv().unwrap();
+    let (turns, waited) = fibra::run(move || {
+        let waiter = fibra::spawn(move || {
+            let start = Instant::now();
+            let value = *lock.lock().unwrap();
+            (value, start.elapsed())
+        });
+        let ticker = fibra::spawn(|| {
+            let mut turns = 0;
+            for _ in 0..10 {
+                fibra::sleep(Duration::from_millis(10));
+                turns += 1;
+            }
+            turns
+        });
+        (ticker.join().unwrap(), waiter.join().unwrap())
+    });
+    holder.join().unwrap();
+    println!(
+        "a fiber waited {:.0} ms for a lock an OS thread held (saw {}); another fiber ran {turns} times meanwhile",
+        waited.1.as_secs_f64() * 1e3,
+        waited.0
+    );
+
+    let n = 100_000;
+    let per_trip = fibra::run(move || {
+        let pair = std::rc::Rc::new((std::sync::Mutex::new(0u64), std::sync::Condvar::new()));
+        let other = pair.clone();
+        let echo = fibra::spawn(move || {
+            let (m, c) = &*other;
+            let mut v = m.lock().unwrap();
+            for i in 0..n {
+                v = c.wait_while(v, |v| *v != 2 * i + 1).unwrap();
+                *v += 1;
+                c.notify_one();
+            }
+        });
+        let (m, c) = &*pair;
+        let start = Instant::now();
+        let mut v = m.lock().unwrap();
+        for i in 0..n {
+            *v += 1;
+            c.notify_one();
+            v = c.wait_while(v, |v| *v != 2 * i + 2).unwrap();
+        }
+        drop(v);
+        let elapsed = start.elapsed();
+        echo.join().unwrap();
+        elapsed / n as u32
+    });
+    println!(
+        "Mutex + Condvar round trip between two fibers of one thread: {:.0} ns",
+        per_trip.as_secs_f64() * 1e9
+    );
+}
+
+/// All cores: the same CPU-bound work on a 1-worker and a 2-worker runtime.
+fn all_cores() {
+    section("all cores: 1000 fibers each computing for 1 ms, on 1 worker and on 2");
+    let mut times = Vec::new();
+    for workers in [1, 2] {
+        let rt = fibra::Runtime::new(workers).expect("start workers");
+        let start = Instant::now();
+        let handles: Vec<_> = (0..1000)
+            .map(|_| {
+                rt.spawn(|| {
+                    let t = Instant::now();
+                    let mut x = 0u64;
+                    while t.elapsed() < Duration::from_millis(1) {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
+                    }
+                    x
+                })
+            })
+            .collect();
+        for h in handles {
+            std::hint::black_box(h.join().unwrap());
+        }
+        times.push(start.elapsed());
+        rt.shutdown();
+    }
+    println!(
+        "1 worker: {:.0} ms; {} workers: {:.0} ms ({:.2}x; this machine has {} cores)",
+        times[0].as_secs_f64() * 1e3,
+        2,
+        times[1].as_secs_f64() * 1e3,
+        times[1].as_secs_f64() / times[0].as_secs_f64(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+}
+
 fn main() {
     println!("fibra tour: plain blocking Rust, made concurrent");
     ten_thousand_sleepers();
     precise_timers();
     cheap_fibers();
     five_children();
+    timeouts();
+    locks_and_condvars();
     request_context();
     concurrent_lookups();
     sleep_server_clients();
+    all_cores();
 }

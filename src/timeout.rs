@@ -120,8 +120,14 @@ impl InterruptState {
 }
 
 /// The error of a [`timeout`] whose deadline passed before its closure returned.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct Elapsed(());
+
+impl fmt::Debug for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Elapsed")
+    }
+}
 
 impl fmt::Display for Elapsed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -133,8 +139,14 @@ impl std::error::Error for Elapsed {}
 
 /// The payload [`JoinHandle::join`](crate::JoinHandle::join) returns in `Err` for a fiber that
 /// was cancelled (and did not panic).
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct Cancelled(());
+
+impl fmt::Debug for Cancelled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Cancelled")
+    }
+}
 
 impl Cancelled {
     pub(crate) fn new() -> Cancelled {
