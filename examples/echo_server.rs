@@ -11,7 +11,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::exit;
 
 mod support;
 
@@ -26,38 +25,19 @@ impl Args {
             addr: "127.0.0.1:7000".to_owned(),
             workers: 1,
         };
-        let mut it = std::env::args().skip(1);
-        while let Some(arg) = it.next() {
-            match arg.as_str() {
-                "--addr" => args.addr = value(&mut it, "--addr"),
-                "--workers" => {
-                    let v = value(&mut it, "--workers");
-                    args.workers = match v.parse() {
-                        Ok(n) if n > 0 => n,
-                        _ => usage_error(&format!("--workers wants a positive number, got '{v}'")),
-                    };
-                }
-                "-h" | "--help" => {
-                    println!(
-                        "usage: echo_server [--addr HOST:PORT] [--workers N]   (defaults 127.0.0.1:7000, 1)"
-                    );
-                    exit(0);
-                }
-                other => usage_error(&format!("unknown argument '{other}'")),
+        let mut flags = support::Flags::new(
+            "echo_server",
+            "[--addr HOST:PORT] [--workers N]   (defaults 127.0.0.1:7000, 1)",
+        );
+        while let Some(flag) = flags.next_flag() {
+            match flag.as_str() {
+                "--addr" => args.addr = flags.value("--addr", "HOST:PORT"),
+                "--workers" => args.workers = flags.positive("--workers"),
+                other => flags.unknown(other),
             }
         }
         args
     }
-}
-
-fn value(it: &mut impl Iterator<Item = String>, flag: &str) -> String {
-    it.next()
-        .unwrap_or_else(|| usage_error(&format!("{flag} needs a value")))
-}
-
-fn usage_error(msg: &str) -> ! {
-    eprintln!("echo_server: {msg}; try --help");
-    exit(2);
 }
 
 fn main() {

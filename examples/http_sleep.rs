@@ -13,7 +13,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::exit;
 
 mod support;
 use std::time::Duration;
@@ -31,45 +30,22 @@ impl Args {
             workers: 1,
             delay: Duration::from_millis(100),
         };
-        let mut it = std::env::args().skip(1);
-        while let Some(arg) = it.next() {
-            match arg.as_str() {
-                "--addr" => args.addr = value(&mut it, "--addr"),
-                "--workers" => {
-                    let v = value(&mut it, "--workers");
-                    args.workers = match v.parse() {
-                        Ok(n) if n > 0 => n,
-                        _ => usage_error(&format!("--workers wants a positive number, got '{v}'")),
-                    };
-                }
+        let mut flags = support::Flags::new(
+            "http_sleep",
+            "[--addr HOST:PORT] [--delay-ms MS] [--workers N]   (defaults 127.0.0.1:8080, 100, 1)",
+        );
+        while let Some(flag) = flags.next_flag() {
+            match flag.as_str() {
+                "--addr" => args.addr = flags.value("--addr", "HOST:PORT"),
+                "--workers" => args.workers = flags.positive("--workers"),
                 "--delay-ms" => {
-                    let v = value(&mut it, "--delay-ms");
-                    let ms: u64 = v.parse().unwrap_or_else(|_| {
-                        usage_error(&format!("--delay-ms wants milliseconds, got '{v}'"))
-                    });
-                    args.delay = Duration::from_millis(ms);
+                    args.delay = Duration::from_millis(flags.value("--delay-ms", "milliseconds"))
                 }
-                "-h" | "--help" => {
-                    println!(
-                        "usage: http_sleep [--addr HOST:PORT] [--delay-ms MS] [--workers N]   (defaults 127.0.0.1:8080, 100, 1)"
-                    );
-                    exit(0);
-                }
-                other => usage_error(&format!("unknown argument '{other}'")),
+                other => flags.unknown(other),
             }
         }
         args
     }
-}
-
-fn value(it: &mut impl Iterator<Item = String>, flag: &str) -> String {
-    it.next()
-        .unwrap_or_else(|| usage_error(&format!("{flag} needs a value")))
-}
-
-fn usage_error(msg: &str) -> ! {
-    eprintln!("http_sleep: {msg}; try --help");
-    exit(2);
 }
 
 fn main() {

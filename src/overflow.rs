@@ -67,23 +67,13 @@ extern "C" fn on_fault(
             std::ptr::read(&raw const PREVIOUS_SEGV).assume_init()
         }
     };
-    match previous.sa_sigaction {
-        libc::SIG_DFL | libc::SIG_IGN => {
-            // Restore it and return: the faulting instruction runs again and gets the default.
-            // SAFETY: reinstalling a previously valid action.
-            unsafe { libc::sigaction(signum, &previous, std::ptr::null_mut()) };
-        }
-        handler if previous.sa_flags & libc::SA_SIGINFO != 0 => {
-            // SAFETY: the previous handler was installed with this signature.
-            let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-                unsafe { std::mem::transmute(handler) };
-            handler(signum, info, context);
-        }
-        handler => {
-            // SAFETY: the previous handler was installed with this signature.
-            let handler: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(handler) };
-            handler(signum);
-        }
+    // SAFETY: in the SIGSEGV/SIGBUS handler, with the kernel's arguments and this signal's
+    // previous action.
+    if !unsafe { fibra_shim::signal::call_previous(&previous, signum, info, context) } {
+        // SIG_DFL or SIG_IGN: restore it and return; the faulting instruction runs again and
+        // gets the default action.
+        // SAFETY: reinstalling a previously valid action.
+        unsafe { libc::sigaction(signum, &previous, std::ptr::null_mut()) };
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::process::exit;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex, mpsc};
 
 /// Serves `addr` on `workers` workers, calling `handle` in a fresh fiber for every connection,
@@ -74,5 +75,58 @@ fn accept_loop(name: &str, listener: &TcpListener, handle: &Handler) {
             Err(_) if fibra::is_cancelled() => return,
             Err(e) => eprintln!("{name}: accept: {e}"),
         }
+    }
+}
+
+/// The server examples' command line: `--flag value` pairs, and `-h`/`--help`.
+pub struct Flags {
+    name: &'static str,
+    usage: &'static str,
+    args: std::iter::Skip<std::env::Args>,
+}
+
+impl Flags {
+    pub fn new(name: &'static str, usage: &'static str) -> Flags {
+        Flags {
+            name,
+            usage,
+            args: std::env::args().skip(1),
+        }
+    }
+
+    /// The next flag; prints the usage and exits for `-h`/`--help`.
+    pub fn next_flag(&mut self) -> Option<String> {
+        let flag = self.args.next()?;
+        if flag == "-h" || flag == "--help" {
+            println!("usage: {} {}", self.name, self.usage);
+            exit(0);
+        }
+        Some(flag)
+    }
+
+    /// The value of `flag`, parsed as `T` (`what` names it in the error).
+    pub fn value<T: FromStr>(&mut self, flag: &str, what: &str) -> T {
+        let Some(v) = self.args.next() else {
+            self.error(&format!("{flag} needs a value"))
+        };
+        v.parse()
+            .unwrap_or_else(|_| self.error(&format!("{flag} wants {what}, got '{v}'")))
+    }
+
+    /// The value of `flag` as a positive count.
+    pub fn positive(&mut self, flag: &str) -> usize {
+        match self.value(flag, "a positive number") {
+            0 => self.error(&format!("{flag} wants a positive number, got '0'")),
+            n => n,
+        }
+    }
+
+    pub fn unknown(&self, flag: &str) -> ! {
+        self.error(&format!("unknown argument '{flag}'"))
+    }
+
+    fn error(&self, msg: &str) -> ! {
+        eprintln!("{}: {msg}; try --help", self.name);
+        exit(2);
     }
 }

@@ -35,6 +35,7 @@ pub mod hook;
 mod net;
 mod process;
 pub mod real;
+pub mod signal;
 mod thread;
 mod time;
 

@@ -1056,6 +1056,30 @@ pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeou
     unsafe { real::poll(fds, nfds, timeout) }
 }
 
+/// The wait a `ppoll`/`pselect` timeout asks for: `Some(None)` for no timeout (wait forever),
+/// `Some(Some(deadline))`, or `None` when the real call must handle it (an invalid timespec, which
+/// libc reports as `EINVAL`, or a zero timeout, which never parks).
+///
+/// # Safety
+/// `timeout` is null or points to a readable timespec.
+unsafe fn timespec_wait(timeout: *const libc::timespec) -> Option<Option<Deadline>> {
+    if timeout.is_null() {
+        return Some(None);
+    }
+    // SAFETY: non-null, and the caller guarantees it is readable.
+    let ts = unsafe { *timeout };
+    if ts.tv_sec < 0
+        || !(0..1_000_000_000).contains(&ts.tv_nsec)
+        || (ts.tv_sec == 0 && ts.tv_nsec == 0)
+    {
+        return None;
+    }
+    let ns = (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64);
+    Some(Some(Deadline::now().after(ns)))
+}
+
 /// Interposed `ppoll(2)`. Parks like `poll` in a fiber when no signal mask is given (a mask
 /// must be applied atomically with the wait, which only the real call can do).
 ///
@@ -1069,25 +1093,8 @@ pub unsafe extern "C" fn ppoll(
     sigmask: *const libc::sigset_t,
 ) -> c_int {
     if sigmask.is_null() && active().is_some() {
-        let deadline = if timeout.is_null() {
-            Some(None)
-        } else {
-            // SAFETY: non-null, and the caller guarantees it is readable.
-            let ts = unsafe { *timeout };
-            if ts.tv_sec < 0
-                || !(0..1_000_000_000).contains(&ts.tv_nsec)
-                || (ts.tv_sec == 0 && ts.tv_nsec == 0)
-            {
-                // Invalid (libc reports EINVAL), or zero (never parks): the real call.
-                None
-            } else {
-                let ns = (ts.tv_sec as u64)
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(ts.tv_nsec as u64);
-                Some(Some(Deadline::now().after(ns)))
-            }
-        };
-        if let Some(deadline) = deadline
+        // SAFETY: the caller guarantees `timeout` is null or readable.
+        if let Some(deadline) = unsafe { timespec_wait(timeout) }
             && let Some(r) = hooked_poll(fds, nfds, deadline)
         {
             return r;
@@ -1233,24 +1240,8 @@ pub unsafe extern "C" fn pselect(
     sigmask: *const libc::sigset_t,
 ) -> c_int {
     if sigmask.is_null() && active().is_some() {
-        let deadline = if timeout.is_null() {
-            Some(None)
-        } else {
-            // SAFETY: non-null, and the caller guarantees it is readable.
-            let ts = unsafe { *timeout };
-            if ts.tv_sec < 0
-                || !(0..1_000_000_000).contains(&ts.tv_nsec)
-                || (ts.tv_sec == 0 && ts.tv_nsec == 0)
-            {
-                None
-            } else {
-                let ns = (ts.tv_sec as u64)
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(ts.tv_nsec as u64);
-                Some(Some(Deadline::now().after(ns)))
-            }
-        };
-        if let Some(deadline) = deadline
+        // SAFETY: the caller guarantees `timeout` is null or readable.
+        if let Some(deadline) = unsafe { timespec_wait(timeout) }
             && let Some(r) = hooked_select(nfds, [readfds, writefds, exceptfds], deadline)
         {
             return r;

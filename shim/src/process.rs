@@ -117,20 +117,9 @@ extern "C" fn on_sigchld(
     let code = unsafe { (*info).si_code };
     let stop_or_continue = code == libc::CLD_STOPPED || code == libc::CLD_CONTINUED;
     if !(stop_or_continue && previous.sa_flags & libc::SA_NOCLDSTOP != 0) {
-        match previous.sa_sigaction {
-            libc::SIG_DFL | libc::SIG_IGN => {}
-            handler if previous.sa_flags & libc::SA_SIGINFO != 0 => {
-                // SAFETY: the previous handler was installed with this signature.
-                let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-                    unsafe { std::mem::transmute(handler) };
-                handler(signum, info, context);
-            }
-            handler => {
-                // SAFETY: the previous handler was installed with this signature.
-                let handler: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(handler) };
-                handler(signum);
-            }
-        }
+        // SAFETY: in the SIGCHLD handler, with the kernel's arguments and SIGCHLD's previous
+        // action. SIG_DFL and SIG_IGN need nothing (SIG_IGN was ruled out when installing).
+        unsafe { crate::signal::call_previous(&previous, signum, info, context) };
     }
     crate::set_errno(saved_errno);
 }
