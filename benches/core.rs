@@ -2,10 +2,11 @@
 //! task, for fibra, tokio current_thread and OS threads. Compare the ratios within one run.
 
 use std::hint::black_box;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+
+mod support;
 
 fn yield_handoff(c: &mut Criterion) {
     let mut group = c.benchmark_group("yield_handoff");
@@ -47,25 +48,7 @@ fn yield_handoff(c: &mut Criterion) {
         })
     });
     group.bench_function("os_threads_mpsc", |b| {
-        b.iter_custom(|iters| {
-            let round_trips = iters.div_ceil(2);
-            let (to_b, from_a) = mpsc::channel::<u64>();
-            let (to_a, from_b) = mpsc::channel::<u64>();
-            let echo = std::thread::spawn(move || {
-                for v in from_a {
-                    to_a.send(v).unwrap();
-                }
-            });
-            let start = Instant::now();
-            for i in 0..round_trips {
-                to_b.send(i).unwrap();
-                black_box(from_b.recv().unwrap());
-            }
-            let elapsed = start.elapsed();
-            drop(to_b);
-            echo.join().unwrap();
-            elapsed
-        })
+        b.iter_custom(|iters| support::std_mpsc_round_trips_with_echo_thread(iters.div_ceil(2)))
     });
     group.finish();
 }

@@ -12,6 +12,8 @@ use std::hint::black_box;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod support;
+
 fn spin_for(d: Duration) -> u64 {
     let start = Instant::now();
     let mut x = 0u64;
@@ -91,22 +93,7 @@ fn tokio_wake_latency() -> Duration {
 }
 
 fn thread_wake_latency() -> Duration {
-    let (to_b, from_a) = mpsc::channel::<u32>();
-    let (to_a, from_b) = mpsc::channel::<u32>();
-    let b = std::thread::spawn(move || {
-        for v in from_a {
-            to_a.send(v).unwrap();
-        }
-    });
-    let start = Instant::now();
-    for i in 0..ROUND_TRIPS {
-        to_b.send(i).unwrap();
-        black_box(from_b.recv().unwrap());
-    }
-    let elapsed = start.elapsed();
-    drop(to_b);
-    b.join().unwrap();
-    elapsed / (2 * ROUND_TRIPS)
+    support::std_mpsc_round_trips_with_echo_thread(ROUND_TRIPS as u64) / (2 * ROUND_TRIPS)
 }
 
 fn median(mut f: impl FnMut() -> Duration) -> Duration {

@@ -8,10 +8,12 @@
 //! is measured between a fiber and an OS thread.
 
 use std::hint::black_box;
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+
+mod support;
 
 fn mutex_handoff(c: &mut Criterion) {
     let mut group = c.benchmark_group("sync_mutex_handoff");
@@ -147,45 +149,11 @@ fn message_round_trip(c: &mut Criterion) {
     });
     group.bench_function("fibra_fiber_os_thread_std_mpsc", |b| {
         b.iter_custom(|iters| {
-            fibra::run(move || {
-                let (to_b, from_a) = mpsc::channel::<u64>();
-                let (to_a, from_b) = mpsc::channel::<u64>();
-                let echo = std::thread::spawn(move || {
-                    for v in from_a {
-                        to_a.send(v).unwrap();
-                    }
-                });
-                let start = Instant::now();
-                for i in 0..iters {
-                    to_b.send(i).unwrap();
-                    black_box(from_b.recv().unwrap());
-                }
-                let elapsed = start.elapsed();
-                drop(to_b);
-                echo.join().unwrap();
-                elapsed
-            })
+            fibra::run(move || support::std_mpsc_round_trips_with_echo_thread(iters))
         })
     });
     group.bench_function("os_threads_std_mpsc", |b| {
-        b.iter_custom(|iters| {
-            let (to_b, from_a) = mpsc::channel::<u64>();
-            let (to_a, from_b) = mpsc::channel::<u64>();
-            let echo = std::thread::spawn(move || {
-                for v in from_a {
-                    to_a.send(v).unwrap();
-                }
-            });
-            let start = Instant::now();
-            for i in 0..iters {
-                to_b.send(i).unwrap();
-                black_box(from_b.recv().unwrap());
-            }
-            let elapsed = start.elapsed();
-            drop(to_b);
-            echo.join().unwrap();
-            elapsed
-        })
+        b.iter_custom(support::std_mpsc_round_trips_with_echo_thread)
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
