@@ -239,7 +239,9 @@ impl Scheduler {
         tracing::trace!(fiber = fiber.id.0, wait = %reason, "park");
         self.switch_out(fiber);
         fiber.wait.set(WaitReason::None);
-        fiber.wake.get()
+        let wake = fiber.wake.get();
+        tracing::trace!(fiber = fiber.id.0, ?wake, "resume");
+        wake
     }
 
     /// Wakes the fiber named by `token` if it is still in that park. Returns whether it did.

@@ -385,3 +385,58 @@ fn without_a_subscriber_fibers_switch_and_spans_are_inert() {
     });
     assert_eq!(order, vec![(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1)]);
 }
+
+/// Records fibra's own TRACE events: message and the name of the innermost span.
+#[derive(Clone, Default)]
+struct SchedulerEvents(Arc<Mutex<Vec<(String, String)>>>);
+
+impl<S> Layer<S> for SchedulerEvents
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        let span = ctx.span(id).expect("new span exists");
+        let label = format!("{}{{{}}}", span.name(), fields.0);
+        span.extensions_mut().insert(label);
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        if !event.metadata().target().starts_with("fibra") {
+            return;
+        }
+        let mut message = Message::default();
+        event.record(&mut message);
+        let innermost = ctx
+            .event_span(event)
+            .and_then(|span| span.extensions().get::<String>().cloned())
+            .unwrap_or_default();
+        self.0.lock().unwrap().push((message.0, innermost));
+    }
+}
+
+#[test]
+fn park_and_resume_are_traced_inside_the_fibers_span() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let events = SchedulerEvents::default();
+    let subscriber = Registry::default().with(events.clone());
+    tracing::subscriber::with_default(subscriber, || {
+        fibra::run(|| {
+            fibra::Builder::new()
+                .name("sleeper".into())
+                .spawn(|| std::thread::sleep(Duration::from_millis(5)))
+                .unwrap()
+                .join()
+                .unwrap();
+        })
+    });
+    let events = events.0.lock().unwrap();
+    let in_sleeper = |message: &str| {
+        events.iter().any(|(m, span)| {
+            m == message && span.starts_with("fiber{") && span.contains("name=\"sleeper\"")
+        })
+    };
+    assert!(in_sleeper("park"), "{events:?}");
+    assert!(in_sleeper("resume"), "{events:?}");
+}
