@@ -145,6 +145,9 @@ pub(crate) struct Fiber {
     /// Guard page range and usable size, read by the overflow handler.
     pub guard: (usize, usize),
     pub stack_size: usize,
+    /// Roughly where the fiber's stack pointer was when it last switched out, so the loop can
+    /// prefetch that memory before resuming it (see `Scheduler::run_loop`).
+    pub stack_hint: Cell<usize>,
 }
 
 impl Fiber {

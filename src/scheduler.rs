@@ -209,6 +209,7 @@ impl Scheduler {
             interrupt: crate::timeout::InterruptState::new(),
             guard,
             stack_size: size,
+            stack_hint: Cell::new(0),
         });
         let ptr = NonNull::from(&*fiber);
         self.fibers.borrow_mut()[slot as usize] = Some(fiber);
@@ -391,6 +392,8 @@ impl Scheduler {
     /// (`fibra_shim::dispatch`), and fibra's own functions make no promise about it, like any
     /// Rust function.
     fn switch_out(&self, fiber: &Fiber) {
+        let marker = 0u8;
+        fiber.stack_hint.set(std::hint::black_box(&marker) as *const u8 as usize);
         let yielder = fiber.yielder.get();
         // SAFETY: the yielder was set on the fiber's first entry and lives on its stack, which
         // is the stack we are running on.
@@ -404,6 +407,9 @@ impl Scheduler {
             while budget > 0 {
                 let next = self.run_queue.borrow_mut().pop_front();
                 let Some(fiber) = next else { break };
+                if let Some(&after) = self.run_queue.borrow().front() {
+                    prefetch_fiber(after);
+                }
                 self.sync.before_resume(self);
                 self.resume(fiber);
                 budget -= 1;
@@ -537,6 +543,31 @@ impl Drop for Scheduler {
             }
         }
     }
+}
+
+/// Starts loading the memory the fiber after the next one will touch first on resume (its
+/// record and the top of its stack), so that with thousands of fibers the cache and TLB misses
+/// overlap with the next fiber's run instead of stalling the switch.
+#[inline]
+fn prefetch_fiber(ptr: NonNull<Fiber>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: queued fibers are alive (see `resume`); prefetching never faults, even on an
+        // address that is not mapped.
+        unsafe {
+            let fiber = ptr.as_ref();
+            _mm_prefetch::<_MM_HINT_T0>(ptr.as_ptr().cast());
+            let hint = fiber.stack_hint.get();
+            if hint != 0 {
+                for offset in [-128isize, -64, 0, 64, 128, 192, 256] {
+                    _mm_prefetch::<_MM_HINT_T0>((hint as isize + offset) as *const i8);
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = ptr;
 }
 
 /// `pthread_atfork` child handler: a child forked from a fiber (or from any thread of a fibra
