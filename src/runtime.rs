@@ -181,12 +181,20 @@ impl Runtime {
                 drop(sender); // the worker's root fiber ends when its inbox closes
             }
         }
+        // Join every worker before reporting anything.
+        let mut failure = None;
         for t in self.threads.drain(..) {
             if let Err(payload) = t.join() {
-                // A worker's scheduler itself failed (a deadlock report, an event-loop error):
-                // surface it rather than losing it.
-                std::panic::resume_unwind(payload);
+                failure.get_or_insert(payload);
             }
+        }
+        // A worker's scheduler itself failed (a deadlock report, an event-loop error): surface
+        // it rather than losing it, unless this thread is already unwinding (a drop during a
+        // panic), where a second panic would abort.
+        if let Some(payload) = failure
+            && !thread::panicking()
+        {
+            std::panic::resume_unwind(payload);
         }
     }
 }
