@@ -196,48 +196,33 @@ fn start_fibra_workers() -> SocketAddr {
 }
 
 fn start_tokio_multi() -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (tx, rx) = mpsc::channel();
-    server_thread("tokio-mt-server", move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
+    start_tokio_server("tokio-mt-server", || {
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            loop {
-                let (mut conn, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    conn.set_nodelay(true).unwrap();
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => {
-                                if conn.write_all(&buf[..n]).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-        })
-    });
-    rx.recv().unwrap()
+            .unwrap()
+    })
 }
 
 fn start_tokio() -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (tx, rx) = mpsc::channel();
-    server_thread("tokio-server", move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
+    start_tokio_server("tokio-server", || {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
-        rt.block_on(async move {
+            .unwrap()
+    })
+}
+
+/// The same echo handler, written for tokio, on the runtime `build` makes.
+fn start_tokio_server(
+    name: &str,
+    build: impl FnOnce() -> tokio::runtime::Runtime + Send + 'static,
+) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, rx) = mpsc::channel();
+    server_thread(name, move || {
+        build().block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
             loop {

@@ -58,6 +58,18 @@ impl Visit for Message {
     }
 }
 
+/// Stores `name{field=value,..}` in a new span's extensions, for the layers below to report.
+fn label_span<S>(attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>)
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let mut fields = Fields::default();
+    attrs.record(&mut fields);
+    let span = ctx.span(id).expect("new span exists");
+    let label = format!("{}{{{}}}", span.name(), fields.0);
+    span.extensions_mut().insert(label);
+}
+
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<Captured>>>);
 
@@ -72,11 +84,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let mut fields = Fields::default();
-        attrs.record(&mut fields);
-        let span = ctx.span(id).expect("new span exists");
-        let label = format!("{}{{{}}}", span.name(), fields.0);
-        span.extensions_mut().insert(label);
+        label_span(attrs, id, ctx);
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
@@ -395,11 +403,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let mut fields = Fields::default();
-        attrs.record(&mut fields);
-        let span = ctx.span(id).expect("new span exists");
-        let label = format!("{}{{{}}}", span.name(), fields.0);
-        span.extensions_mut().insert(label);
+        label_span(attrs, id, ctx);
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {

@@ -237,15 +237,7 @@ unsafe fn futex(args: [libc::c_long; 6]) -> libc::c_long {
             let mut rest = args;
             rest[2] = (count - woken) as libc::c_long;
             // SAFETY: the caller's wake, for the waiters the fibers did not take.
-            let kernel = unsafe { forward(libc::SYS_futex, rest) };
-            if kernel < 0 {
-                return if woken > 0 {
-                    woken as libc::c_long
-                } else {
-                    kernel
-                };
-            }
-            kernel + woken as libc::c_long
+            plus_fibers(unsafe { forward(libc::SYS_futex, rest) }, woken)
         }
         libc::FUTEX_REQUEUE | libc::FUTEX_CMP_REQUEUE => {
             // Fiber waiters are woken rather than requeued: a waiter must tolerate a spurious
@@ -277,15 +269,7 @@ unsafe fn futex(args: [libc::c_long; 6]) -> libc::c_long {
                 return woken as libc::c_long;
             }
             // SAFETY: the caller's requeue, for what the fibers did not take.
-            let kernel = unsafe { forward(libc::SYS_futex, rest) };
-            if kernel < 0 {
-                return if woken > 0 {
-                    woken as libc::c_long
-                } else {
-                    kernel
-                };
-            }
-            kernel + woken as libc::c_long
+            plus_fibers(unsafe { forward(libc::SYS_futex, rest) }, woken)
         }
         libc::FUTEX_WAKE_OP => {
             // The kernel performs the atomic operation on `uaddr2` and wakes its own waiters;
@@ -302,6 +286,17 @@ unsafe fn futex(args: [libc::c_long; 6]) -> libc::c_long {
         }
         // SAFETY: forwarded unchanged (PI futexes and anything newer block the thread).
         _ => unsafe { forward(libc::SYS_futex, args) },
+    }
+}
+
+/// The result of a wake that took `woken` fiber waiters before the kernel's part returned
+/// `kernel`: the total woken, or the kernel's error (errno already set) when it failed and no
+/// fiber was woken either.
+fn plus_fibers(kernel: libc::c_long, woken: u32) -> libc::c_long {
+    match kernel {
+        k if k < 0 && woken == 0 => k,
+        k if k < 0 => woken as libc::c_long,
+        k => k + woken as libc::c_long,
     }
 }
 
