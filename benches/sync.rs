@@ -133,6 +133,28 @@ fn message_round_trip(c: &mut Criterion) {
             })
         })
     });
+    group.bench_function("fibra_fibers_fibra_channel", |b| {
+        b.iter_custom(|iters| {
+            fibra::run(move || {
+                let (to_echo, echo_rx) = fibra::channel::<u64>();
+                let (to_caller, caller_rx) = fibra::channel::<u64>();
+                let echo = fibra::spawn(move || {
+                    for v in echo_rx {
+                        to_caller.send(v).unwrap();
+                    }
+                });
+                let start = Instant::now();
+                for i in 0..iters {
+                    to_echo.send(i).unwrap();
+                    black_box(caller_rx.recv().unwrap());
+                }
+                let elapsed = start.elapsed();
+                drop(to_echo);
+                echo.join().unwrap();
+                elapsed
+            })
+        })
+    });
     group.bench_function("os_threads_std_condvar", |b| {
         b.iter_custom(|iters| {
             let baton = Arc::new(Baton {

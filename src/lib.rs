@@ -30,6 +30,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod builder;
+pub mod channel;
 pub mod dns;
 mod fiber;
 mod io;
@@ -49,6 +50,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::time::Duration;
 
 pub use builder::Builder;
+pub use channel::channel;
 pub use fiber::FiberId;
 /// The shim's hook interface, which fibra's scheduler implements: fibra's counterpart of Ruby's
 /// `Fiber::Scheduler`.
