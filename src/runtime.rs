@@ -4,18 +4,18 @@
 //! inside its own `fibra::run`. Fibers never migrate once started, so thread-locals and `!Send`
 //! data inside a fiber stay valid; only the closures that cross to a worker must be `Send`.
 //!
-//! Each worker's root fiber serves an inbox (a std `mpsc` channel) of spawn and cancel
+//! Each worker's root fiber serves an inbox (a [`crate::channel`]) of spawn and cancel
 //! requests. Blocking in `recv` parks the root fiber through the futex hooks, and a send from
 //! any thread wakes it through the scheduler's cross-thread inbox and mio `Waker` (see
-//! ARCHITECTURE.md, "Sync waits"): the runtime is built from the same primitives it makes
-//! concurrent. Results travel back through a `Mutex` + `Condvar` slot, so
+//! ARCHITECTURE.md, "Sync waits"); a send from a fiber of the same worker wakes it too, which a
+//! std `mpsc` inbox would not (it never wakes a receiver on the sending thread). Results travel back through a `Mutex` + `Condvar` slot, so
 //! [`RemoteJoinHandle::join`] parks a joining fiber on any worker, or blocks a plain thread.
 
+use crate::channel as mpsc;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 
@@ -158,9 +158,9 @@ impl Runtime {
         self.stop(false);
     }
 
-    /// Cancels every fiber on every worker (their interruptible blocking calls fail with
-    /// `ECANCELED`; see `JoinHandle::cancel`), waits for them to finish, and joins the worker
-    /// threads. Fibers parked in sockets and sleeps return promptly; a fiber that ignores the
+    /// Cancels every fiber on every worker, including any they spawn from then on (their
+    /// interruptible blocking calls fail with `ECANCELED`; see `JoinHandle::cancel`), waits for
+    /// them to finish, and joins the worker threads. Fibers parked in sockets and sleeps return promptly; a fiber that ignores the
     /// errors and keeps retrying keeps its worker alive.
     pub fn shutdown_now(self) {
         self.stop(true);

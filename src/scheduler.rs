@@ -42,6 +42,9 @@ static NEXT_FIBER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 pub(crate) struct Scheduler {
     fibers: RefCell<Vec<Option<Box<Fiber>>>>,
     free_slots: RefCell<Vec<u32>>,
+    /// Set by `cancel_all_except`: fibers spawned from then on start cancelled (a runtime
+    /// shutting down must not be kept alive by a cancelled fiber's new children).
+    cancelling_all: Cell<bool>,
     /// Records of finished fibers, reused by `spawn_fiber` (see [`SPARE_FIBERS`]). Boxed on
     /// purpose: a record moves between here and the fiber table as a pointer, never as 300 bytes.
     #[allow(clippy::vec_box)]
@@ -67,6 +70,7 @@ impl Scheduler {
             fibers: RefCell::new(Vec::new()),
             free_slots: RefCell::new(Vec::new()),
             spare_fibers: RefCell::new(Vec::new()),
+            cancelling_all: Cell::new(false),
             run_queue: RefCell::new(VecDeque::new()),
             current: Cell::new(None),
             live: Cell::new(0),
@@ -179,7 +183,14 @@ impl Scheduler {
             fiber.yielder.set(yielder);
             // SAFETY: the hook is the scheduler, valid for as long as this fiber runs on it.
             unsafe { fibra_shim::set_active(Some(sched.hook_ptr())) };
-            body();
+            // `body` catches the user's panic, but dropping what it owns afterwards (a detached
+            // fiber's result, a panic payload) may panic too: that must not unwind out of the
+            // coroutine, which would skip clearing the hook slot below and tear down the loop.
+            // The panic hook has reported it, as for a detached thread; the payload, whose drop
+            // could panic again, is leaked.
+            if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+                std::mem::forget(payload);
+            }
             // The fiber's values drop here, inside it: their destructors see the fiber's
             // context and may block like any fiber code.
             fiber.locals.clear();
@@ -241,6 +252,9 @@ impl Scheduler {
                 stack_hint: Cell::new(0),
             }),
         };
+        if self.cancelling_all.get() {
+            fiber.interrupt.cancel();
+        }
         let ptr = NonNull::from(&*fiber);
         self.fibers.borrow_mut()[slot as usize] = Some(fiber);
         self.live.set(self.live.get() + 1);
@@ -360,8 +374,10 @@ impl Scheduler {
         }
     }
 
-    /// Cancels every fiber but `except` (a runtime worker's root, which serves its inbox).
+    /// Cancels every fiber but `except` (a runtime worker's root, which serves its inbox), and
+    /// every fiber spawned from now on.
     pub fn cancel_all_except(&self, except: Option<FiberId>) {
+        self.cancelling_all.set(true);
         let targets: Vec<(FiberId, u32)> = self
             .fibers
             .borrow()

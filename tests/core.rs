@@ -579,3 +579,31 @@ fn two_hundred_thousand_parked_fibers() {
     });
     assert_eq!(woke, n);
 }
+
+#[test]
+fn a_panicking_drop_of_a_detached_result_does_not_escape_the_fiber() {
+    let _w = Watchdog::new(Duration::from_secs(30));
+    struct Boom;
+    impl Drop for Boom {
+        fn drop(&mut self) {
+            panic!("Boom dropped");
+        }
+    }
+    let others = Rc::new(Cell::new(0));
+    let o = others.clone();
+    fibra::run(move || {
+        drop(fibra::spawn(|| Boom));
+        for _ in 0..3 {
+            let o = o.clone();
+            fibra::spawn(move || {
+                fibra::yield_now();
+                o.set(o.get() + 1);
+            });
+        }
+    });
+    assert_eq!(others.get(), 3, "the scheduler survived and ran the others");
+    assert!(
+        fibra_shim::active().is_none(),
+        "the thread's calls go straight to libc again"
+    );
+}

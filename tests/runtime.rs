@@ -277,3 +277,61 @@ fn every_worker_accepts_on_its_own_reuseport_listener() {
         assert!(s.join().unwrap_err().is::<fibra::Cancelled>());
     }
 }
+
+#[test]
+fn spawning_onto_the_callers_own_worker() {
+    // The worker's inbox is read by its root fiber: a send from a fiber of the same worker must
+    // wake it (std's mpsc would not: it never wakes a receiver on the sending thread).
+    let _w = Watchdog::new(Duration::from_secs(30));
+    let rt = fibra::Runtime::new(1).unwrap();
+    let handle = rt.handle();
+    let outer = rt.spawn_on(0, move || {
+        std::thread::sleep(Duration::from_millis(20)); // the root is back in its recv
+        let inner = handle.spawn_on(0, || 7u32);
+        let from_current = fibra::Handle::current().unwrap().spawn(|| 8u32);
+        inner.join().unwrap() + from_current.join().unwrap()
+    });
+    assert_eq!(outer.join().unwrap(), 15);
+    let sleeper = rt.spawn_on(0, || std::thread::sleep(Duration::from_secs(30)));
+    let canceller = {
+        let sleeper = std::sync::Arc::new(sleeper);
+        let s = sleeper.clone();
+        let c = rt.spawn_on(0, move || {
+            std::thread::sleep(Duration::from_millis(20));
+            s.cancel();
+        });
+        (sleeper, c)
+    };
+    canceller.1.join().unwrap();
+    let sleeper = std::sync::Arc::try_unwrap(canceller.0).ok().unwrap();
+    assert!(sleeper.join().unwrap_err().is::<fibra::Cancelled>());
+    rt.shutdown();
+}
+
+#[test]
+fn shutdown_now_also_cancels_fibers_spawned_while_cancelling() {
+    let _w = Watchdog::new(Duration::from_secs(30));
+    let rt = fibra::Runtime::new(1).unwrap();
+    let (spawned_tx, spawned_rx) = mpsc::channel();
+    let parent = rt.spawn_on(0, move || {
+        // Cancelled in this sleep; its clean-up then starts a child that would sleep for 60 s.
+        std::thread::sleep(Duration::from_secs(60));
+        let child = fibra::spawn(|| {
+            let t = Instant::now();
+            std::thread::sleep(Duration::from_secs(60));
+            t.elapsed()
+        });
+        spawned_tx.send(()).unwrap();
+        child.join()
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let start = Instant::now();
+    rt.shutdown_now();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        start.elapsed()
+    );
+    spawned_rx.recv().unwrap();
+    assert!(parent.join().unwrap_err().is::<fibra::Cancelled>());
+}
