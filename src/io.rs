@@ -79,7 +79,9 @@ impl Io {
         }
         let reactor = sched.reactor();
         let registry = reactor.registry();
-        let interest = Interest::READABLE | Interest::WRITABLE;
+        // PRIORITY: TCP urgent data stops a read at the urgent mark, a short read that does not
+        // prove the queue empty; its event turns the drained hint off (see `on_event`).
+        let interest = Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY;
         let mut source = SourceFd(&fd);
         match registry.register(&mut source, Token(index), interest) {
             Ok(()) => {}
@@ -215,7 +217,8 @@ impl Io {
     pub fn on_event(&self, sched: &Scheduler, event: &Event) {
         let index = event.token().0;
         let mut ready = Readiness::NONE;
-        if event.is_readable() || event.is_read_closed() || event.is_error() {
+        if event.is_readable() || event.is_read_closed() || event.is_error() || event.is_priority()
+        {
             ready = ready | Readiness::READABLE;
         }
         if event.is_writable() || event.is_write_closed() || event.is_error() {
@@ -228,7 +231,8 @@ impl Io {
         if ready.intersects(Readiness::READABLE) {
             slot.drained = false;
         }
-        if event.is_read_closed() || event.is_error() {
+        // After these a short read no longer proves the queue empty: no more drained hint.
+        if event.is_read_closed() || event.is_error() || event.is_priority() {
             slot.ended = true;
         }
         // `unpark` touches the run queue and the fiber table, never these slots.

@@ -60,13 +60,18 @@ const NO_RWF_NOWAIT: u64 = 1 << 6;
 /// is then not needed before a fiber parks.
 const NB_CACHED: u64 = 1 << 7;
 const NB_VALUE: u64 = 1 << 8;
-const NB_EPOCH_SHIFT: u32 = 9;
-const NB_EPOCH_MASK: u64 = (1 << 23) - 1;
+/// A stream whose short read proves its receive queue empty (TCP):
+/// the drained-read hint may be used. Not Unix stream sockets (a read stops after an skb
+/// carrying fds, or at a change of credentials) nor packet-mode pipes.
+const HINTABLE: u64 = 1 << 9;
+const NB_EPOCH_SHIFT: u32 = 10;
+const NB_EPOCH_MASK: u64 = (1 << 22) - 1;
 /// The bits that describe the file description and so carry over to a `dup`.
 const DESCRIPTION_BITS: u64 = KNOWN
     | SOCKET
     | PIPE
     | STREAM
+    | HINTABLE
     | OWN_NONBLOCK
     | USER_NONBLOCK
     | NB_CACHED
@@ -91,6 +96,10 @@ impl Entry {
     /// A byte stream, where a blocking write completes in full.
     pub fn is_stream(self) -> bool {
         self.0 & STREAM != 0
+    }
+    /// A short read proves the receive queue empty (see [`HINTABLE`]).
+    pub fn hintable(self) -> bool {
+        self.0 & HINTABLE != 0
     }
     /// fibra made the description non-blocking; the user's view is [`Entry::user_nonblock`].
     pub fn own_nonblock(self) -> bool {
@@ -216,8 +225,23 @@ fn classify(fd: RawFd) -> Option<u64> {
             } else {
                 0
             };
-            KNOWN | SOCKET | stream
+            let mut domain: libc::c_int = 0;
+            let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: valid out-pointers of the sizes given.
+            let r = unsafe {
+                crate::real::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_DOMAIN,
+                    (&mut domain as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            let tcp = r == 0 && matches!(domain, libc::AF_INET | libc::AF_INET6);
+            KNOWN | SOCKET | stream | if tcp && stream != 0 { HINTABLE } else { 0 }
         }
+        // Not hintable: a writer may put the pipe in packet mode (O_DIRECT on its own end,
+        // invisible from the read end), and a packet pipe returns one packet per read.
         libc::S_IFIFO => KNOWN | PIPE | STREAM,
         _ => KNOWN,
     })
@@ -389,7 +413,7 @@ fn for_each_own(mut f: impl FnMut(RawFd, Entry) -> bool) {
 
 /// The entry bits of a freshly accepted connection on a listener with entry `listener`.
 pub fn accepted_from(listener: Entry) -> Entry {
-    Entry(KNOWN | SOCKET | (listener.0 & STREAM))
+    Entry(KNOWN | SOCKET | (listener.0 & (STREAM | HINTABLE)))
 }
 
 /// Deregisters `fd` from the epoll instance recorded in `entry`, before the fd goes away.

@@ -257,8 +257,14 @@ unsafe fn futex(args: [libc::c_long; 6]) -> libc::c_long {
                     return fail(libc::EAGAIN);
                 }
             }
-            let wake = wake_count(val);
+            // Unlike FUTEX_WAKE, the kernel's requeue wakes exactly `val` (0 means none) and
+            // refuses negative counts (EINVAL): pass those on untouched.
             let requeue = args[3] as u32;
+            if (val as i32) < 0 || (requeue as i32) < 0 {
+                // SAFETY: forwarded unchanged (EINVAL).
+                return unsafe { forward(libc::SYS_futex, args) };
+            }
+            let wake = val;
             let woken = wake_fibers(addr, wake.saturating_add(requeue), MATCH_ANY);
             let woken_as_wake = woken.min(wake);
             let woken_as_requeue = woken - woken_as_wake;
@@ -267,6 +273,9 @@ unsafe fn futex(args: [libc::c_long; 6]) -> libc::c_long {
             rest[3] = (requeue - woken_as_requeue) as libc::c_long;
             if woken > 0 && rest[2] == 0 && rest[3] == 0 {
                 return woken as libc::c_long;
+            }
+            if woken == 0 {
+                rest = args;
             }
             // SAFETY: the caller's requeue, for what the fibers did not take.
             plus_fibers(unsafe { forward(libc::SYS_futex, rest) }, woken)

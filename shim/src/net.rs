@@ -419,7 +419,7 @@ fn drive_read(
     attempt: impl FnMut() -> ssize_t,
 ) -> ssize_t {
     // Only an fd this thread has waited on (so registered) can carry the hint.
-    let hinted = entry.is_stream() && requested > 0 && entry.registered_epfd().is_some();
+    let hinted = entry.hintable() && requested > 0 && entry.registered_epfd().is_some();
     let wait_first = hinted
         && !caller_nonblock
         && with_hook(|hook| hook.fd_drained(fd)) == Some(true)
@@ -858,6 +858,8 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 }
 
 fn hooked_connect(fd: RawFd, entry: Entry, addr: *const sockaddr, len: socklen_t) -> c_int {
+    // libc leaves errno alone on success; the EINPROGRESS of the non-blocking try must not show.
+    let caller_errno = errno();
     let mut deadline: Option<Option<Deadline>> = None;
     loop {
         let (user_flags, toggle) = if entry.own_nonblock() {
@@ -897,11 +899,18 @@ fn hooked_connect(fd: RawFd, entry: Entry, addr: *const sockaddr, len: socklen_t
             fd::nonblock_changing();
         }
         if r == 0 {
+            set_errno(caller_errno);
             return 0;
         }
         let deadline = *deadline.get_or_insert_with(|| socket_deadline(fd, entry, WRITE));
         match e {
-            libc::EINPROGRESS => return finish_connect(fd, deadline),
+            libc::EINPROGRESS => {
+                let r = finish_connect(fd, deadline);
+                if r == 0 {
+                    set_errno(caller_errno);
+                }
+                return r;
+            }
             // A Unix socket whose listener's backlog is full: a blocking connect waits for
             // room, which no readiness of ours reports; look again shortly.
             libc::EAGAIN => {
@@ -1268,6 +1277,81 @@ fn notify_closed(fd: RawFd, entry: Entry) {
     }
 }
 
+/// Forgets what the table remembers of a number the kernel just handed out. It can only be
+/// stale when the number's last `close` went by unseen (glibc's own `fclose`, a raw system call,
+/// `close_range`), and a stale entry would claim an epoll registration the new file lacks.
+fn fresh_fds(fds: &[c_int]) {
+    let saved = errno();
+    for &fd in fds {
+        if fd >= 0 {
+            fd::forget(fd);
+        }
+    }
+    set_errno(saved);
+}
+
+/// Interposed `socket(2)`: libc's, then [`fresh_fds`].
+///
+/// # Safety
+/// libc's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+    // SAFETY: forwarded unchanged.
+    let fd = unsafe { real::socket(domain, ty, protocol) };
+    fresh_fds(&[fd]);
+    fd
+}
+
+/// Interposed `socketpair(2)`: libc's, then [`fresh_fds`].
+///
+/// # Safety
+/// libc's contract: `sv` points to two writable ints.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn socketpair(
+    domain: c_int,
+    ty: c_int,
+    protocol: c_int,
+    sv: *mut c_int,
+) -> c_int {
+    // SAFETY: forwarded unchanged.
+    let r = unsafe { real::socketpair(domain, ty, protocol, sv) };
+    if r == 0 {
+        // SAFETY: on success the kernel wrote both ints.
+        fresh_fds(unsafe { std::slice::from_raw_parts(sv, 2) });
+    }
+    r
+}
+
+/// Interposed `pipe(2)`: libc's, then [`fresh_fds`].
+///
+/// # Safety
+/// libc's contract: `fds` points to two writable ints.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pipe(fds: *mut c_int) -> c_int {
+    // SAFETY: forwarded unchanged.
+    let r = unsafe { real::pipe(fds) };
+    if r == 0 {
+        // SAFETY: on success the kernel wrote both ints.
+        fresh_fds(unsafe { std::slice::from_raw_parts(fds, 2) });
+    }
+    r
+}
+
+/// Interposed `pipe2(2)`: libc's, then [`fresh_fds`].
+///
+/// # Safety
+/// libc's contract: `fds` points to two writable ints.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pipe2(fds: *mut c_int, flags: c_int) -> c_int {
+    // SAFETY: forwarded unchanged.
+    let r = unsafe { real::pipe2(fds, flags) };
+    if r == 0 {
+        // SAFETY: on success the kernel wrote both ints.
+        fresh_fds(unsafe { std::slice::from_raw_parts(fds, 2) });
+    }
+    r
+}
+
 /// Interposed `close(2)`.
 ///
 /// # Safety
@@ -1317,6 +1401,11 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
         // SAFETY: forwarded unchanged (checks `old` and returns it).
         return unsafe { real::dup2(old, new) };
     }
+    // SAFETY: F_GETFD takes no argument. A call that will fail must leave `new` alone.
+    if unsafe { real::fcntl(old, libc::F_GETFD, 0) } < 0 {
+        // SAFETY: forwarded unchanged (EBADF).
+        return unsafe { real::dup2(old, new) };
+    }
     let entry = retire(new);
     // SAFETY: forwarded unchanged.
     let r = unsafe { real::dup2(old, new) };
@@ -1335,12 +1424,36 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
         // SAFETY: forwarded unchanged (EINVAL).
         return unsafe { real::dup3(old, new, flags) };
     }
+    // SAFETY: as in `dup2`. A call that will fail must leave `new` alone.
+    if flags & !libc::O_CLOEXEC != 0 || unsafe { real::fcntl(old, libc::F_GETFD, 0) } < 0 {
+        // SAFETY: forwarded unchanged (EINVAL or EBADF).
+        return unsafe { real::dup3(old, new, flags) };
+    }
     let entry = retire(new);
     // SAFETY: forwarded unchanged.
     let r = unsafe { real::dup3(old, new, flags) };
     copied(old, r);
     notify_closed(new, entry);
     r
+}
+
+/// `fd`'s entry; an fd the table does not know that shares a description fibra made
+/// non-blocking (a dup made before the switch) takes its twin's entry first.
+fn learn_twin(fd: RawFd) -> Entry {
+    let entry = fd::lookup(fd);
+    if entry.is_known() {
+        return entry;
+    }
+    let saved = errno();
+    let twin = fd::find_twin(fd);
+    set_errno(saved);
+    match twin {
+        Some(twin) => {
+            fd::set_fresh(fd, twin);
+            twin
+        }
+        None => entry,
+    }
 }
 
 fn fcntl_common(
@@ -1373,7 +1486,7 @@ fn fcntl_common(
         }
         libc::F_SETFL => {
             fd::nonblock_changing();
-            let entry = fd::lookup(fd);
+            let entry = learn_twin(fd);
             if entry.own_nonblock() {
                 // Keep the description non-blocking; record what the user asked for.
                 // SAFETY: forwarded with O_NONBLOCK kept.
@@ -1427,7 +1540,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
     if request == libc::FIONBIO as c_ulong {
         fd::nonblock_changing();
     }
-    if request == libc::FIONBIO as c_ulong && !arg.is_null() && fd::lookup(fd).own_nonblock() {
+    if request == libc::FIONBIO as c_ulong && !arg.is_null() && learn_twin(fd).own_nonblock() {
         let mut on: c_int = 1;
         // SAFETY: a valid int argument for FIONBIO; validates `fd` as the real call would.
         let r = unsafe { real::ioctl(fd, request, (&mut on as *mut c_int).cast()) };

@@ -157,6 +157,19 @@ real_functions! {
         timeout: *const libc::timespec,
         sigmask: *const libc::sigset_t,
     ) -> libc::c_int;
+    /// libc's `socket`.
+    fn socket(domain: libc::c_int, ty: libc::c_int, protocol: libc::c_int) -> libc::c_int;
+    /// libc's `socketpair`.
+    fn socketpair(
+        domain: libc::c_int,
+        ty: libc::c_int,
+        protocol: libc::c_int,
+        sv: *mut libc::c_int,
+    ) -> libc::c_int;
+    /// libc's `pipe`.
+    fn pipe(fds: *mut libc::c_int) -> libc::c_int;
+    /// libc's `pipe2`.
+    fn pipe2(fds: *mut libc::c_int, flags: libc::c_int) -> libc::c_int;
     /// libc's `close`.
     fn close(fd: libc::c_int) -> libc::c_int;
     /// libc's `dup`.
