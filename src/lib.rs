@@ -1,10 +1,16 @@
 //! # fibra: plain blocking Rust, made concurrent
 //!
-//! fibra runs ordinary synchronous code in stackful fibers on one OS thread and makes it
-//! concurrent without changing it. A scheduler installed on the thread by [`run`] intercepts, at
-//! the libc boundary, every call that could wait (today: the sleeps; see the README for the
-//! families that follow), parks the calling fiber, and resumes another from a mio event loop.
-//! Outside a fiber every such call goes straight to libc, unchanged.
+//! fibra runs ordinary synchronous code in stackful fibers and makes it concurrent without
+//! changing it. A scheduler installed on the thread by [`run`] intercepts, at the libc
+//! boundary, every call that could wait — sleeps, socket and pipe I/O and `poll`, futex waits
+//! (std's and parking_lot's locks, condvars, `park`), `pthread_join`, process waits and
+//! `getaddrinfo` — parks the calling fiber, and resumes another from a mio event loop. Outside
+//! a fiber every such call goes straight to libc, unchanged.
+//!
+//! Beyond [`run`] and [`spawn`]: [`timeout`] and [`JoinHandle::cancel`] interrupt blocking
+//! calls without unwinding; [`FiberLocal`] carries per-request state into child fibers;
+//! [`Runtime`] runs a scheduler per core; [`channel`] works between fibers of one thread (std's
+//! mpsc does not: see the README's "Limits").
 //!
 //! ```
 //! use std::time::{Duration, Instant};
