@@ -9,7 +9,7 @@
 //!
 //! Beyond [`run`] and [`spawn`]: [`timeout`] and [`JoinHandle::cancel`] interrupt blocking
 //! calls without unwinding; [`FiberLocal`] carries per-request state into child fibers;
-//! [`Runtime`] runs a scheduler per core; [`channel`] works between fibers of one thread (std's
+//! [`Runtime`] runs a scheduler per core; [`channel()`] works between fibers of one thread (std's
 //! mpsc does not: see the README's "Limits").
 //!
 //! ```
