@@ -79,6 +79,10 @@ enum GuardKind {
 
 struct SizeClass {
     size: usize,
+    /// Free stacks returned by a fiber, whose touched pages are still resident (at most
+    /// [`WARM_STACKS`]); handed out first.
+    warm: Vec<FiberStack>,
+    /// Free stacks with no resident pages: never used, or released with `MADV_DONTNEED`.
     free: Vec<FiberStack>,
     next_chunk: usize,
 }
@@ -130,12 +134,17 @@ impl StackPool {
             None => {
                 self.classes.push(SizeClass {
                     size,
+                    warm: Vec::new(),
                     free: Vec::new(),
                     next_chunk: 16,
                 });
                 self.classes.len() - 1
             }
         };
+        if let Some(stack) = self.classes[class].warm.pop() {
+            self.outstanding += 1;
+            return Ok(stack);
+        }
         if self.classes[class].free.is_empty() {
             self.carve_chunk(class)?;
         }
@@ -155,16 +164,20 @@ impl StackPool {
             .iter_mut()
             .find(|c| c.size == stack.size)
             .expect("released stacks come from this pool");
-        if class.free.len() >= WARM_STACKS {
-            // SAFETY: the range is this stack's own body, which no fiber uses any more; the
-            // mapping stays, only its pages are dropped (they read back as zeros).
-            unsafe {
-                libc::madvise(
-                    (stack.guard + stack.page) as *mut libc::c_void,
-                    stack.size,
-                    libc::MADV_DONTNEED,
-                );
-            }
+        // Counting only stacks a fiber used: never-used ones carved in a burst must not push
+        // every later release past the bound (each would then refault its pages).
+        if class.warm.len() < WARM_STACKS {
+            class.warm.push(stack);
+            return;
+        }
+        // SAFETY: the range is this stack's own body, which no fiber uses any more; the
+        // mapping stays, only its pages are dropped (they read back as zeros).
+        unsafe {
+            libc::madvise(
+                (stack.guard + stack.page) as *mut libc::c_void,
+                stack.size,
+                libc::MADV_DONTNEED,
+            );
         }
         class.free.push(stack);
     }

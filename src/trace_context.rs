@@ -115,8 +115,15 @@ fn enter_slow(span: &Span, parked: &ParkedSpans) -> Floor {
 /// finished fiber's are leaked guards, exited for good), then the fiber's own span.
 #[inline]
 pub(crate) fn leave(span: &Span, parked: &ParkedSpans, floor: Floor, finished: bool) {
-    if let Floor::At(floor) = floor {
-        leave_slow(parked, floor, finished);
+    match floor {
+        Floor::At(floor) => leave_slow(parked, floor, finished),
+        // A subscriber was installed while the fiber ran (say `fmt::init()` at the top of
+        // `run`'s closure): every span on the thread's stack above the fiber's own was entered
+        // by this fiber, and must not stay there for the next fiber to log inside.
+        Floor::Off if LevelFilter::current() != LevelFilter::OFF => {
+            leave_slow(parked, span.id(), finished)
+        }
+        Floor::Off => {}
     }
     span.with_subscriber(|(id, dispatch)| dispatch.exit(id));
 }
