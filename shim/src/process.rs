@@ -86,14 +86,24 @@ fn install_sigchld_handler() {
         return;
     }
     SIGCHLD_FD.store(fd, Ordering::Release);
-    // SAFETY: installing a SA_SIGINFO handler with the matching signature; the previous action is
-    // stored by the same call before the handler can run.
+    // SAFETY: installing a SA_SIGINFO handler with the matching signature, after storing the
+    // previous action (queried above) for it to chain to; `PREVIOUS_SIGCHLD` is written only here,
+    // once, before the handler can run.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = on_sigchld as *const () as usize;
-        action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        // Keep the program's choice about restarting calls its handler interrupts.
+        let restart = if current.sa_sigaction == libc::SIG_DFL {
+            libc::SA_RESTART
+        } else {
+            current.sa_flags & libc::SA_RESTART
+        };
+        action.sa_flags = libc::SA_SIGINFO | restart;
         libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(libc::SIGCHLD, &action, (&raw mut PREVIOUS_SIGCHLD).cast());
+        // The previous action is stored before ours is installed: a SIGCHLD taken on another
+        // thread right after the switch must find it.
+        (&raw mut PREVIOUS_SIGCHLD).write(std::mem::MaybeUninit::new(current));
+        libc::sigaction(libc::SIGCHLD, &action, std::ptr::null_mut());
     }
 }
 
@@ -155,7 +165,11 @@ fn wait_loop<T>(
     let target = target();
     let result = loop {
         let parked = match target {
-            WaitOn::Pidfd { fd, .. } => hook.wait_child(fd, None),
+            // Bounded: a traced child's ptrace stops are reported without WUNTRACED, and a
+            // pidfd only becomes readable at exit.
+            WaitOn::Pidfd { fd, .. } => {
+                hook.wait_child(fd, Some(Deadline::now().after(SIGCHLD_RECHECK_NS)))
+            }
             // A child changed state after the attempt looked: look again before parking.
             WaitOn::Sigchld(_) if SIGCHLD_COUNT.load(Ordering::Acquire) != signals_before => Ok(()),
             WaitOn::Sigchld(fd) => {
@@ -285,7 +299,11 @@ pub unsafe extern "C" fn waitid(
     info: *mut libc::siginfo_t,
     options: libc::c_int,
 ) -> libc::c_int {
-    if options & libc::WNOHANG == 0 && !info.is_null() {
+    // A pidfd opened with PIDFD_NONBLOCK makes the kernel fail with EAGAIN at once.
+    let nonblocking_pidfd = idtype == P_PIDFD
+        // SAFETY: F_GETFL on any number is harmless (an invalid one gives -1, O_NONBLOCK unset).
+        && unsafe { real::fcntl(id as RawFd, libc::F_GETFL, 0) } & libc::O_NONBLOCK != 0;
+    if options & libc::WNOHANG == 0 && !info.is_null() && !nonblocking_pidfd {
         let hooked = with_hook(|hook| {
             let attempt = || {
                 // SAFETY: `info` is writable (checked non-null; libc's contract). POSIX reports

@@ -6,7 +6,7 @@
 //! matching line's. The file is re-read when its modification time or size changes, so a
 //! lookup costs one `stat` when it has not.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -39,24 +39,37 @@ impl HostsFile {
     /// What the `files` module answers for `name`: `NotFound` when no line has an address of
     /// that family for it (the next NSS module, DNS, is then asked).
     pub fn lookup(&self, name: &str, family: Family) -> HostAnswer {
+        self.lookup_with(name, family, multi())
+    }
+
+    /// [`HostsFile::lookup`] with glibc's `multi` setting given (see [`multi`]).
+    fn lookup_with(&self, name: &str, family: Family, multi: bool) -> HostAnswer {
         // Compared as given, like glibc's files module: "localhost." is not "localhost".
         let mut addrs = Vec::new();
         let mut canonical = None;
         for (addr, canon, aliases) in &self.lines {
-            let wanted = match family {
-                Family::Any => true,
-                Family::V4 => addr.is_ipv4(),
-                Family::V6 => addr.is_ipv6(),
+            // glibc's files parser, asked for AF_INET, reads `::1` as 127.0.0.1 and
+            // `::ffff:a.b.c.d` as a.b.c.d; other IPv6 lines are skipped.
+            let addr = match (family, *addr) {
+                (Family::V4, IpAddr::V6(v6)) if v6 == Ipv6Addr::LOCALHOST => {
+                    IpAddr::V4(Ipv4Addr::LOCALHOST)
+                }
+                (Family::V4, IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                    Some(v4) => IpAddr::V4(v4),
+                    None => continue,
+                },
+                (Family::V6, IpAddr::V4(_)) => continue,
+                (_, addr) => addr,
             };
-            if !wanted {
-                continue;
-            }
             if canon.eq_ignore_ascii_case(name)
                 || aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
             {
                 canonical.get_or_insert_with(|| canon.clone());
-                if !addrs.contains(addr) {
-                    addrs.push(*addr);
+                // glibc keeps repeated addresses.
+                addrs.push(addr);
+                // Without `multi on` (/etc/host.conf), only the first matching line counts.
+                if !multi {
+                    break;
                 }
             }
         }
@@ -65,6 +78,28 @@ impl HostsFile {
             None => HostAnswer::NotFound,
         }
     }
+}
+
+/// glibc's `multi` setting: `RESOLV_MULTI`, else the `multi` line of `/etc/host.conf` (off by
+/// default), read once per process as glibc does.
+fn multi() -> bool {
+    static MULTI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MULTI.get_or_init(|| {
+        let on = |v: &str| v.trim().eq_ignore_ascii_case("on");
+        if let Ok(v) = std::env::var("RESOLV_MULTI") {
+            return on(&v);
+        }
+        let text = std::fs::read_to_string("/etc/host.conf").unwrap_or_default();
+        let mut multi = false;
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("");
+            let mut words = line.split_ascii_whitespace();
+            if words.next() == Some("multi") {
+                multi = words.next().is_some_and(on);
+            }
+        }
+        multi
+    })
 }
 
 fn parse(data: &[u8]) -> Vec<(IpAddr, String, Vec<String>)> {
@@ -98,7 +133,7 @@ mod tests {
                 b"127.0.0.1 localhost loopback # comment\n::1 ip6-localhost localhost\nbad line\n",
             ),
         };
-        match hosts.lookup("LOCALHOST", Family::Any) {
+        match hosts.lookup_with("LOCALHOST", Family::Any, true) {
             HostAnswer::Found { addrs, canonical } => {
                 assert_eq!(
                     addrs,
@@ -111,7 +146,27 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(hosts.lookup("loopback", Family::V6), HostAnswer::NotFound);
-        assert_eq!(hosts.lookup("nothere", Family::Any), HostAnswer::NotFound);
+        assert_eq!(
+            hosts.lookup_with("loopback", Family::V6, true),
+            HostAnswer::NotFound
+        );
+        assert_eq!(
+            hosts.lookup_with("nothere", Family::Any, true),
+            HostAnswer::NotFound
+        );
+        // Without `multi on`, only the first matching line answers.
+        match hosts.lookup_with("localhost", Family::Any, false) {
+            HostAnswer::Found { addrs, .. } => {
+                assert_eq!(addrs, vec!["127.0.0.1".parse::<IpAddr>().unwrap()])
+            }
+            other => panic!("{other:?}"),
+        }
+        // Asked for IPv4, `::1` reads as 127.0.0.1 (glibc's files parser).
+        match hosts.lookup_with("ip6-localhost", Family::V4, true) {
+            HostAnswer::Found { addrs, .. } => {
+                assert_eq!(addrs, vec!["127.0.0.1".parse::<IpAddr>().unwrap()])
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
