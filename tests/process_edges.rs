@@ -172,3 +172,37 @@ fn fibras_sigchld_handler_keeps_the_programs_sa_restart_choice() {
     let after = read_interrupted_by_child_exit();
     assert_eq!(after, (-1, libc::EINTR), "after a fiber's waitpid(-1)");
 }
+
+#[test]
+fn waitid_with_a_null_info_parks_only_the_fiber() {
+    let _w = Watchdog::new(Duration::from_secs(30));
+    let (r, turns) = fibra::run(|| {
+        let done = std::rc::Rc::new(std::cell::Cell::new(false));
+        let d = done.clone();
+        let ticker = fibra::spawn(move || {
+            let mut turns = 0;
+            while !d.get() {
+                turns += 1;
+                fibra::sleep(Duration::from_millis(5));
+            }
+            turns
+        });
+        let pid = fork_sleeper(200);
+        // SAFETY: Linux accepts a null siginfo for waitid.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                std::ptr::null_mut(),
+                libc::WEXITED,
+            )
+        };
+        done.set(true);
+        (r, ticker.join().unwrap())
+    });
+    assert_eq!(r, 0);
+    assert!(
+        turns > 10,
+        "the other fiber ran only {turns} times while waitid waited"
+    );
+}

@@ -303,11 +303,17 @@ pub unsafe extern "C" fn waitid(
     let nonblocking_pidfd = idtype == P_PIDFD
         // SAFETY: F_GETFL on any number is harmless (an invalid one gives -1, O_NONBLOCK unset).
         && unsafe { real::fcntl(id as RawFd, libc::F_GETFL, 0) } & libc::O_NONBLOCK != 0;
-    if options & libc::WNOHANG == 0 && !info.is_null() && !nonblocking_pidfd {
+    if options & libc::WNOHANG == 0 && !nonblocking_pidfd {
+        // Linux accepts a null `info`; the WNOHANG attempts still need one to tell "reaped"
+        // from "not yet", so they use a local one the caller never sees.
+        // SAFETY: an all-zero siginfo_t is a valid value.
+        let mut local: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let info = if info.is_null() { &raw mut local } else { info };
         let hooked = with_hook(|hook| {
             let attempt = || {
-                // SAFETY: `info` is writable (checked non-null; libc's contract). POSIX reports
-                // "no child ready" under WNOHANG as success with si_pid zero, so clear it first.
+                // SAFETY: `info` is writable (the caller's, by libc's contract, or `local`).
+                // POSIX reports "no child ready" under WNOHANG as success with si_pid zero, so
+                // clear it first.
                 unsafe {
                     std::ptr::write_bytes(info, 0, 1);
                     match real::waitid(idtype, id, info, options | libc::WNOHANG) {
