@@ -88,15 +88,9 @@ fn gai_v4(node: &str, flags: i32) -> Result<(Vec<IpAddr>, Option<String>), i32> 
 
 #[test]
 fn hosts_file_ipv6_loopback_and_mapped_lines_answer_af_inet_like_glibc() {
-    if !common::is_child() {
-        let out = common::run_child(
-            "hosts_file_ipv6_loopback_and_mapped_lines_answer_af_inet_like_glibc",
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    if common::ran_in_own_process(
+        "hosts_file_ipv6_loopback_and_mapped_lines_answer_af_inet_like_glibc",
+    ) {
         return;
     }
     let _w = Watchdog::new(Duration::from_secs(30));
@@ -125,13 +119,7 @@ fn hosts_file_ipv6_loopback_and_mapped_lines_answer_af_inet_like_glibc() {
 /// duplicates included.
 #[test]
 fn hosts_file_duplicate_lines_are_kept_like_glibc() {
-    if !common::is_child() {
-        let out = common::run_child("hosts_file_duplicate_lines_are_kept_like_glibc");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    if common::ran_in_own_process("hosts_file_duplicate_lines_are_kept_like_glibc") {
         return;
     }
     let _w = Watchdog::new(Duration::from_secs(30));
@@ -154,13 +142,7 @@ fn hosts_file_duplicate_lines_are_kept_like_glibc() {
 /// Without `multi on`, glibc answers from the first matching line only.
 #[test]
 fn multi_off_hosts_lookups_use_the_first_line_only() {
-    if !common::is_child() {
-        let out = common::run_child("multi_off_hosts_lookups_use_the_first_line_only");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    if common::ran_in_own_process("multi_off_hosts_lookups_use_the_first_line_only") {
         return;
     }
     let _w = Watchdog::new(Duration::from_secs(30));

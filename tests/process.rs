@@ -201,14 +201,7 @@ fn waiting_for_a_non_child_is_echild() {
 #[test]
 fn every_wait_form_parks_only_the_fiber() {
     // The any-child forms would reap other tests' children: run in a process of its own.
-    if !common::is_child() {
-        let out = common::run_child("every_wait_form_parks_only_the_fiber");
-        assert!(
-            out.status.success(),
-            "child run failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    if common::ran_in_own_process("every_wait_form_parks_only_the_fiber") {
         return;
     }
     let _w = Watchdog::new(Duration::from_secs(60));

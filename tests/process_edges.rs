@@ -142,13 +142,7 @@ fn read_interrupted_by_child_exit() -> (isize, i32) {
 /// In a process of its own: it installs SIGCHLD handlers and waits for any child.
 #[test]
 fn fibras_sigchld_handler_keeps_the_programs_sa_restart_choice() {
-    if !common::is_child() {
-        let out = common::run_child("fibras_sigchld_handler_keeps_the_programs_sa_restart_choice");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    if common::ran_in_own_process("fibras_sigchld_handler_keeps_the_programs_sa_restart_choice") {
         return;
     }
     let _w = Watchdog::new(Duration::from_secs(30));

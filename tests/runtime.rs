@@ -139,15 +139,7 @@ fn open_fds() -> usize {
 
 #[test]
 fn shutdown_now_with_fibers_parked_in_sockets_and_sleeps() {
-    if !common::is_child() {
-        // fd and thread counts are per process: measure in a process of our own.
-        let out = common::run_child("shutdown_now_with_fibers_parked_in_sockets_and_sleeps");
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    if common::ran_in_own_process("shutdown_now_with_fibers_parked_in_sockets_and_sleeps") {
         return;
     }
     let _w = Watchdog::new(Duration::from_secs(60));

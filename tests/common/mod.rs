@@ -52,6 +52,24 @@ pub fn run_child(test_name: &str) -> std::process::Output {
         .expect("re-run the test binary")
 }
 
+/// For a test that must run alone in a process (it changes process-wide state, or counts fds
+/// or children): in the test harness's process, runs the test in a child process, asserts that
+/// it passed and returns `true` (the caller then returns); in that child, returns `false`.
+#[track_caller]
+pub fn ran_in_own_process(test_name: &str) -> bool {
+    if is_child() {
+        return false;
+    }
+    let out = run_child(test_name);
+    assert!(
+        out.status.success(),
+        "{test_name} failed in its own process:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
 /// Whether this process is the child started by [`run_child`].
 pub fn is_child() -> bool {
     std::env::var_os("FIBRA_CHILD").is_some()
