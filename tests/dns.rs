@@ -1169,3 +1169,42 @@ fn glibc_comparison_child() {
     assert!(want.contains(&Err(libc::EAI_AGAIN)));
     eprintln!("compared {} DNS queries with glibc: identical", cases.len());
 }
+
+/// The per-thread pump fiber serves every lookup: it must not keep alive the FiberLocal values
+/// of the lookup that happened to start it.
+#[test]
+fn the_pump_does_not_keep_the_first_lookups_fiber_locals_alive() {
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    static REQUEST: fibra::FiberLocal<Rc<DropFlag>> = fibra::FiberLocal::new();
+    struct DropFlag(Rc<Cell<bool>>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.set(true);
+        }
+    }
+    let server = TestServer::start(Duration::from_millis(300));
+    fibra::dns::set_thread_nameservers([server.addr]);
+    let dropped = Rc::new(Cell::new(false));
+    let d = dropped.clone();
+    let seen_while_pump_alive = fibra::run(move || {
+        let first = fibra::spawn(move || {
+            REQUEST.set(Rc::new(DropFlag(d)));
+            // Starts the pump, which inherits this fiber's values at spawn.
+            let _ = ("first-lookup.test", 80).to_socket_addrs();
+        });
+        // A second lookup keeps the pump running after the first one ends.
+        let second = fibra::spawn(|| {
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = ("second-lookup.test", 80).to_socket_addrs();
+        });
+        first.join().unwrap();
+        let seen = dropped.get();
+        second.join().unwrap();
+        seen
+    });
+    fibra::dns::reset_thread_nameservers();
+    assert!(
+        seen_while_pump_alive,
+        "the request's value was dropped when its fiber ended, not when the pump did"
+    );
+}

@@ -433,12 +433,21 @@ impl Driver {
         let body = move || {
             fibra_shim::without_hook(|| {
                 let _stopped = PumpStopped(self);
+                // The pump serves every lookup of the thread: it must not keep the FiberLocal
+                // values of the lookup that happened to start it alive.
+                if let Some(fiber) = Scheduler::current().and_then(|s| s.current_fiber()) {
+                    fiber.locals.clear();
+                }
                 self.pump()
             })
         };
-        // SAFETY: the body is 'static (it refers to the thread's driver, which outlives every
-        // scheduler run on this thread).
-        let spawned = unsafe { sched.spawn_raw(Some("fibra-dns".to_owned()), PUMP_STACK, body) };
+        // Spawned outside any dispatcher, so that the pump's span is not a child of that
+        // lookup's request span either (nothing it logs belongs to one request).
+        let spawned = tracing::dispatcher::with_default(&tracing::Dispatch::none(), || {
+            // SAFETY: the body is 'static (it refers to the thread's driver, which outlives
+            // every scheduler run on this thread).
+            unsafe { sched.spawn_raw(Some("fibra-dns".to_owned()), PUMP_STACK, body) }
+        });
         if let Err(e) = spawned {
             self.pump_running.set(false);
             return Err(e.raw_os_error().unwrap_or(libc::ENOMEM));
