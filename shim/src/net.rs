@@ -456,6 +456,35 @@ fn hooked_writev(fd: RawFd, entry: Entry, iov: *const iovec, count: c_int) -> ss
 // ---------------------------------------------------------------------------------------------
 // read / write / readv / writev
 
+/// A read outside fibers: libc's call, with the blocking the caller expects emulated when fibra
+/// made the description non-blocking (directly, or through a twin it shares it with).
+fn thread_read(fd: RawFd, mut attempt: impl FnMut() -> ssize_t) -> ssize_t {
+    if let Some(entry) = emulated_fd(fd) {
+        return drive(fd, entry, READ, false, attempt);
+    }
+    let r = attempt();
+    match emulated_twin(fd, r) {
+        Some(entry) => drive(fd, entry, READ, false, attempt),
+        None => r,
+    }
+}
+
+/// [`thread_read`] for writes of `total()` bytes, which complete in full like a blocking write.
+fn thread_write(
+    fd: RawFd,
+    total: impl Fn() -> usize,
+    mut attempt: impl FnMut(usize) -> ssize_t,
+) -> ssize_t {
+    if let Some(entry) = emulated_fd(fd) {
+        return drive_all(fd, entry, WRITE, false, total(), attempt);
+    }
+    let r = attempt(0);
+    match emulated_twin(fd, r) {
+        Some(entry) => drive_all(fd, entry, WRITE, false, total(), attempt),
+        None => r,
+    }
+}
+
 /// Interposed `read(2)`.
 ///
 /// # Safety
@@ -473,14 +502,7 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, len: size_t) -> ssize
         // SAFETY: forwarded.
         unsafe { real::read(fd, buf, len) }
     };
-    if let Some(entry) = emulated_fd(fd) {
-        return drive(fd, entry, READ, false, attempt);
-    }
-    let r = attempt();
-    match emulated_twin(fd, r) {
-        Some(entry) => drive(fd, entry, READ, false, attempt),
-        None => r,
-    }
+    thread_read(fd, attempt)
 }
 
 /// Interposed `readv(2)`.
@@ -496,14 +518,7 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, count: c_int) -> ss
         // SAFETY: forwarded.
         unsafe { real::readv(fd, iov, count) }
     };
-    if let Some(entry) = emulated_fd(fd) {
-        return drive(fd, entry, READ, false, attempt);
-    }
-    let r = attempt();
-    match emulated_twin(fd, r) {
-        Some(entry) => drive(fd, entry, READ, false, attempt),
-        None => r,
-    }
+    thread_read(fd, attempt)
 }
 
 /// Interposed `write(2)`.
@@ -523,14 +538,7 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, len: size_t) -> ss
         // SAFETY: forwarded, past the bytes already written.
         unsafe { real::write(fd, buf.cast::<u8>().add(done).cast(), len - done) }
     };
-    if let Some(entry) = emulated_fd(fd) {
-        return drive_all(fd, entry, WRITE, false, len, attempt);
-    }
-    let r = attempt(0);
-    match emulated_twin(fd, r) {
-        Some(entry) => drive_all(fd, entry, WRITE, false, len, attempt),
-        None => r,
-    }
+    thread_write(fd, || len, attempt)
 }
 
 /// Interposed `writev(2)`.
@@ -555,14 +563,7 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, count: c_int) -> s
         // SAFETY: forwarded.
         unsafe { real::writev(fd, rest.as_ptr(), rest.len() as c_int) }
     };
-    if let Some(entry) = emulated_fd(fd) {
-        return drive_all(fd, entry, WRITE, false, iov_total(iov, count), attempt);
-    }
-    let r = attempt(0);
-    match emulated_twin(fd, r) {
-        Some(entry) => drive_all(fd, entry, WRITE, false, iov_total(iov, count), attempt),
-        None => r,
-    }
+    thread_write(fd, || iov_total(iov, count), attempt)
 }
 
 // ---------------------------------------------------------------------------------------------
