@@ -127,6 +127,22 @@ fn fast_path() {
     );
 }
 
+/// The blocking echo handler every std-based server here runs, one per connection.
+fn echo_blocking(mut conn: std::net::TcpStream) {
+    conn.set_nodelay(true).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 fn start_fibra() -> SocketAddr {
     let (tx, rx) = mpsc::channel();
     server_thread("fibra-server", move || {
@@ -134,21 +150,8 @@ fn start_fibra() -> SocketAddr {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
             for conn in listener.incoming() {
-                let mut conn = conn.unwrap();
-                fibra::spawn(move || {
-                    conn.set_nodelay(true).unwrap();
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        match conn.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => {
-                                if conn.write_all(&buf[..n]).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                });
+                let conn = conn.unwrap();
+                fibra::spawn(move || echo_blocking(conn));
             }
         })
     });
@@ -172,21 +175,8 @@ fn start_fibra_workers() -> SocketAddr {
             .unwrap_or_else(|| fibra::reuseport_listener(addr).unwrap());
         tx.lock().unwrap().send(()).unwrap();
         for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            fibra::spawn(move || {
-                conn.set_nodelay(true).unwrap();
-                let mut buf = [0u8; 4096];
-                loop {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if conn.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
+            let Ok(conn) = conn else { return };
+            fibra::spawn(move || echo_blocking(conn));
         }
     }));
     rx.recv().unwrap();
@@ -252,23 +242,10 @@ fn start_threads() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     server_thread("thread-server", move || {
         for conn in listener.incoming() {
-            let mut conn = conn.unwrap();
+            let conn = conn.unwrap();
             std::thread::Builder::new()
                 .stack_size(64 << 10)
-                .spawn(move || {
-                    conn.set_nodelay(true).unwrap();
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        match conn.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => {
-                                if conn.write_all(&buf[..n]).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                })
+                .spawn(move || echo_blocking(conn))
                 .unwrap();
         }
     });
